@@ -1,0 +1,280 @@
+"""One configuration tree of dataclasses, read from YAML presets and overridden from the command line.
+
+``load_config(preset=..., path=..., overrides=["optim.base_lr=0.5", ...])`` resolves, in order: the
+dataclass defaults, a named preset (``src/simclr/presets/NAME.yaml``), a user YAML file, then ``key=value``
+overrides. Unknown keys are an error that lists the valid ones; values are checked against the field types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simclr.errors import SimCLRError
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are held."""
+
+    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | cifar100 | stl10 | folder | npz | auto
+    path: str | None = None  # root folder or file; None = the dataset's default location
+    train_split: str = "train"  # train | unlabeled | train+unlabeled (stl10)
+    test_split: str = "test"
+    image_size: int | None = None  # side of the stored square images (folders); None = native size
+    in_memory: bool | None = None  # None = auto: in memory when it fits, streamed otherwise
+    workers: int = 2  # DataLoader worker processes for streamed folders
+    download: bool = False  # fetch known datasets from their official addresses (needs a network)
+    max_bad_fraction: float = 0.01  # undecodable images allowed in a folder before the run fails
+
+
+@dataclass
+class AugmentConfig:
+    """The SimCLR augmentation (v1 section 3, appendix A). Every op can be retuned or switched off."""
+
+    crop: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    color_strength: float = 1.0  # s: brightness/contrast/saturation 0.8 s, hue 0.2 s
+    color_jitter_prob: float = 0.8
+    brightness_mode: str = "v2"  # v2: multiplicative factor; v1: additive delta
+    grayscale_prob: float = 0.2
+    blur_prob: float | None = None  # None = auto: 0.5 for images larger than 32 px, 0 otherwise
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    normalize: bool = True  # per-channel mean/std of the dataset (harmless; official code feeds [0, 1])
+    eval_crop_fraction: float | None = None  # None = auto: 0.875 for images larger than 32 px, else 1.0
+
+
+@dataclass
+class ModelConfig:
+    """Encoder (a ResNet) and projection head."""
+
+    arch: str = "resnet18"  # resnet18/34/50/101/152 or r50_2x_sk1-style names
+    width_multiplier: float = 1.0
+    sk_ratio: float = 0.0  # 0.0625 turns on Selective Kernels (v2)
+    cifar_stem: bool | None = None  # None = auto: 3x3 stride-1 stem without max-pool for images <= 64 px
+    input_size: int | None = None  # side of the views fed to the encoder; None = the stored image side
+    head_layers: int = 2  # 2 for v1, 3 for v2
+    head_hidden_dim: int | None = None  # None = encoder output width
+    projection_dim: int = 128
+
+
+@dataclass
+class LossConfig:
+    """NT-Xent (v1 section 2.1) and the optional MoCo-style memory of negatives (v2)."""
+
+    temperature: float = 0.5
+    chunk_size: int | None = None  # rows of the similarity matrix per block; None = plain computation
+    memory_size: int = 0  # queued negatives from a momentum encoder; 0 = off
+    memory_momentum: float = 0.999
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (v1 section B.1)."""
+
+    name: str = "lars"  # lars | sgd | adamw
+    base_lr: float = 0.3  # scaled by lr_scaling from the global batch size
+    lr_scaling: str = "linear"  # linear: base_lr x B/256; sqrt: base_lr x sqrt(B); none
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001  # LARS eta
+    nesterov: bool = False
+    warmup_epochs: float = 10.0
+    schedule: str = "cosine"  # cosine | constant
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 100
+    batch_size: int = 256  # global batch over all ranks
+    accumulate: int = 1  # gradient accumulation steps per optimizer step
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    channels_last: bool | None = None  # None = on for CUDA
+    compile: bool = False
+    global_bn: bool = True  # SyncBatchNorm when distributed
+    deterministic: bool = False
+    log_every: int = 20  # steps between metric read-backs and JSONL lines
+    checkpoint_every: int = 500  # steps between checkpoints (also at each epoch end)
+    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+    max_steps: int | None = None  # stop early after this many optimizer steps (smoke tests)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class MonitorConfig:
+    """Online monitors during pretraining (not evaluation protocols: see `simclr linear-eval`)."""
+
+    online_probe: bool = True  # linear classifier on stop-gradient h, trained alongside
+    knn: bool = True  # kNN accuracy of the encoder on held-out images each epoch
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_train_size: int = 10000  # bank images taken from the train split (labelled datasets only)
+    knn_test_size: int = 2000
+
+
+@dataclass
+class Config:
+    """The whole configuration tree."""
+
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+
+def available_presets() -> list[str]:
+    """Names of the YAML presets shipped with the package."""
+    root = resources.files("simclr") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _preset_text(name: str) -> str:
+    path = resources.files("simclr") / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise SimCLRError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
+    return path.read_text()
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting lists to tuples, ints to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except SimCLRError as e:
+                errors.append(str(e))
+        raise SimCLRError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise SimCLRError(f"config key {key}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SimCLRError(f"config key {key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SimCLRError(f"config key {key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SimCLRError(f"config key {key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise SimCLRError(f"config key {key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _merge(obj: Any, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise SimCLRError(f"config section {prefix.rstrip('.') or '<root>'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    valid = [f.name for f in fields(obj)]
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in valid:
+            raise SimCLRError(f"unknown config key {full!r}; valid keys here: {', '.join(valid)}")
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            _merge(current, value, prefix=f"{full}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def _parse_override(text: str) -> dict:
+    if "=" not in text:
+        raise SimCLRError(f"override {text!r}: expected key=value, e.g. optim.base_lr=0.5")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_config(
+    preset: str | None = None, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Resolve a :class:`Config` from defaults, a preset, a YAML file and ``key=value`` overrides."""
+    cfg = Config()
+    if preset:
+        _merge(cfg, yaml.safe_load(_preset_text(preset)) or {})
+        if cfg.name == "custom":
+            cfg.name = preset
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise SimCLRError(f"{p}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+            raise SimCLRError(f"{p}: not valid YAML ({first})") from None
+        try:
+            _merge(cfg, data)
+        except SimCLRError as e:
+            raise SimCLRError(f"{p}: {e}") from None
+    for text in overrides:
+        _merge(cfg, _parse_override(text))
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A plain dict (tuples as lists) suitable for YAML/JSON."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [fix(x) for x in v]
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        return v
+
+    return fix(asdict(cfg))
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a run's config.yaml)."""
+    cfg = Config()
+    _merge(cfg, data)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved configuration as YAML text."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for convenience."""
+    return dataclasses.replace(cfg, **changes)
