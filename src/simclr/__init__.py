@@ -13,11 +13,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from simclr.augment import Augment
 from simclr.config import Config, load_config
 from simclr.errors import SimCLRError
-from simclr.loss import nt_xent
-from simclr.models import create_encoder
+
+_LAZY = {"Augment": "simclr.augment", "nt_xent": "simclr.loss", "create_encoder": "simclr.models"}
+
+
+def __getattr__(name: str):
+    # Imported on first use so that `import simclr` stays light (the CLI starts fast).
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'simclr' has no attribute {name!r}")
 
 
 def pretrain(config: Config, out: str, resume: bool = False):

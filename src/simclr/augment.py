@@ -1,0 +1,318 @@
+"""The SimCLR augmentation (v1 section 3, appendix A), batched on the model's device.
+
+``Augment(cfg, out_size)`` turns a uint8 batch ``(B, C, H, W)`` into float views ``(B, 3, S, S)``:
+random resized crop + horizontal flip (one resampling), colour jitter with p = 0.8 (brightness, contrast,
+saturation, hue in a random order per image, clipped after each), grayscale with p = 0.2, Gaussian blur
+with p = 0.5 (images > 32 px), then mean/std normalisation. Random parameters are drawn per image as
+tensors by :meth:`Augment.sample_params` and applied by :meth:`Augment.apply`, so a batch is transformed
+without Python loops over images or host syncs. The maths lives in :mod:`simclr.augment_ops`.
+
+1-channel images are augmented on their one channel (saturation, hue and grayscale leave a gray image
+unchanged) and repeated to 3 channels at the end, a third of the work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simclr.augment_ops import (
+    adjust_hue,
+    blend_,
+    blur_kernel_size,
+    gaussian_blur,
+    resized_crop_flip,
+    rgb_to_grayscale,
+    sample_crop_boxes,
+)
+from simclr.config import AugmentConfig
+from simclr.errors import SimCLRError
+
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3  # op ids in AugmentParams.order
+
+
+@dataclass
+class AugmentParams:
+    """Per-image random parameters of one batch of views (all tensors have B rows)."""
+
+    boxes: Tensor  # float (B, 4): crop (top, left, height, width) in input pixels
+    flip: Tensor  # bool (B,)
+    jitter: Tensor  # bool (B,): colour jitter applied
+    brightness: Tensor  # float (B,): factor (v2) or additive delta (v1)
+    contrast: Tensor  # float (B,): blend factor
+    saturation: Tensor  # float (B,): blend factor
+    hue: Tensor  # float (B,): rotation, fraction of a turn
+    order: Tensor  # int64 (B, 4): order[b, k] = id of the k-th jitter op (BRIGHTNESS..HUE)
+    grayscale: Tensor  # bool (B,)
+    blur: Tensor  # bool (B,)
+    sigma: Tensor  # float (B,): blur standard deviation in output pixels
+
+
+def finetune_augment_config(base: AugmentConfig) -> AugmentConfig:
+    """Crop + flip only: the training augmentation of fine-tuning, linear eval and distillation (SPEC 8-9)."""
+    return dataclasses.replace(base, color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+
+
+def _check_range(key: str, pair: tuple[float, float], low: float, high: float) -> None:
+    if not (low <= pair[0] <= pair[1] <= high):
+        raise SimCLRError(f"augment.{key}: expected {low} <= min <= max <= {high}, got {list(pair)}")
+
+
+def _check_prob(key: str, p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise SimCLRError(f"augment.{key}: expected a probability in [0, 1], got {p}")
+
+
+class _Normalize:
+    """``(x - mean) / std`` as one ``addcmul``, constants cached per device; also repeats 1 -> 3 channels."""
+
+    def __init__(self, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> None:
+        if mean is None or std is None:
+            self.values = None
+            return
+        mean3, std3 = tuple(mean) * (3 // len(mean)), tuple(std) * (3 // len(std))
+        if len(mean3) != 3 or len(std3) != 3 or min(std3) <= 0:
+            raise SimCLRError(f"normalisation: expected 1 or 3 means and positive stds, got {mean}, {std}")
+        self.values = (tuple(1 / s for s in std3), tuple(-m / s for m, s in zip(mean3, std3, strict=True)))
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.values is None:
+            return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+        key = (x.device, x.dtype)
+        if key not in self._cache:
+            self._cache[key] = tuple(
+                torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) for v in self.values
+            )
+        scale, bias = self._cache[key]
+        return torch.addcmul(bias, x, scale)  # broadcasting (B, 1, ...) repeats a gray image to 3 channels
+
+
+class Augment(nn.Module):
+    """The SimCLR view generator: ``forward(x_uint8 (B, C, H, W)) -> float32 (B, 3, S, S)`` (v1 section 3).
+
+    Every op can be switched off from ``cfg`` for the paper's ablations (v1 Figure 5): ``crop=False``
+    only resizes, ``flip=False``, ``color_strength=0`` or ``color_jitter_prob=0``, ``grayscale_prob=0``,
+    ``blur_prob=0``, ``normalize=False`` (output in [0, 1], as the official code feeds the encoder).
+    The same ``generator`` state gives the same views. No parameters; runs on ``x``'s device.
+    """
+
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        out_size: int,
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        blur_padding: str = "zeros",
+    ) -> None:
+        super().__init__()
+        blur_prob = cfg.blur_prob if cfg.blur_prob is not None else (0.5 if out_size > 32 else 0.0)
+        self.cfg = dataclasses.replace(cfg, blur_prob=blur_prob)
+        self.out_size = int(out_size)
+        if self.out_size < 1:
+            raise SimCLRError(f"augment: output size must be positive, got {out_size}")
+        _check_range("crop_scale", cfg.crop_scale, 1e-6, 1.0)
+        _check_range("crop_ratio", cfg.crop_ratio, 1e-6, float("inf"))
+        _check_range("blur_sigma", cfg.blur_sigma, 1e-6, float("inf"))
+        for key in ("color_jitter_prob", "grayscale_prob", "blur_prob"):
+            _check_prob(key, getattr(self.cfg, key))
+        if cfg.color_strength < 0:
+            raise SimCLRError(f"augment.color_strength: expected >= 0, got {cfg.color_strength}")
+        if cfg.brightness_mode not in ("v1", "v2"):
+            raise SimCLRError(f"augment.brightness_mode: expected v1 or v2, got {cfg.brightness_mode!r}")
+        if blur_padding not in ("zeros", "reflect"):
+            raise SimCLRError(f"augment: blur padding must be zeros or reflect, got {blur_padding!r}")
+        self.blur_padding = blur_padding
+        self.use_jitter = cfg.color_strength > 0 and cfg.color_jitter_prob > 0
+        self.use_gray = cfg.grayscale_prob > 0
+        self.use_blur = blur_prob > 0
+        self.normalize = _Normalize(mean, std) if cfg.normalize else _Normalize(None, None)
+
+    def sample_params(
+        self,
+        batch: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> AugmentParams:
+        """Draw every image's random parameters (v1 appendix A ranges), on ``generator``'s device, then move.
+
+        Strength s = ``color_strength``: brightness / contrast / saturation factors are uniform in
+        [max(0, 1 - 0.8 s), 1 + 0.8 s] (v1 brightness: a delta in [-0.8 s, 0.8 s]), hue in [-0.2 s, 0.2 s];
+        the op order is a uniformly random permutation per image.
+        """
+        cfg = self.cfg
+        gen_device = generator.device if generator is not None else torch.device(device or "cpu")
+
+        def rand(*shape: int) -> Tensor:
+            return torch.rand(*shape, generator=generator, device=gen_device)
+
+        def uniform(low: float, high: float) -> Tensor:
+            return low + (high - low) * rand(batch)
+
+        def coin(p: float) -> Tensor:
+            return rand(batch) < p
+
+        if cfg.crop:
+            boxes = sample_crop_boxes(
+                batch, height, width, cfg.crop_scale, cfg.crop_ratio, generator, gen_device
+            )
+        else:
+            boxes = torch.zeros(batch, 4, device=gen_device)  # the whole image: a plain resize
+            boxes[:, 2], boxes[:, 3] = height, width
+        s = 0.8 * cfg.color_strength
+        if cfg.brightness_mode == "v2":
+            brightness = uniform(max(0.0, 1 - s), 1 + s)
+        else:
+            brightness = uniform(-s, s)
+        hue_strength = min(0.2 * cfg.color_strength, 0.5)  # a half turn either way covers the circle
+        params = AugmentParams(
+            boxes=boxes,
+            flip=coin(0.5) if cfg.flip else torch.zeros(batch, dtype=torch.bool, device=gen_device),
+            jitter=coin(cfg.color_jitter_prob if self.use_jitter else 0.0),
+            brightness=brightness,
+            contrast=uniform(max(0.0, 1 - s), 1 + s),
+            saturation=uniform(max(0.0, 1 - s), 1 + s),
+            hue=uniform(-hue_strength, hue_strength),
+            order=torch.argsort(rand(batch, 4), dim=1),
+            grayscale=coin(cfg.grayscale_prob),
+            blur=coin(cfg.blur_prob),
+            sigma=uniform(*cfg.blur_sigma),
+        )
+        if device is not None:
+            moved = {f.name: getattr(params, f.name).to(device) for f in dataclasses.fields(params)}
+            params = AugmentParams(**moved)
+        return params
+
+    def _color_jitter(self, x: Tensor, p: AugmentParams) -> Tensor:
+        """Jitter with a per-image op order, using 6 fused blend passes and one hue pass for the batch.
+
+        Brightness, contrast and saturation share one fused form (:func:`blend_`); hue does not. Aligning
+        every image's sequence on its hue op, the q linear ops before hue go to slots 3-q..2 and the rest to
+        slots 3..5-q; empty slots get the identity. Slots 0-2, hue, slots 3-5 then apply each image's ops in
+        its own order. Gray images have no hue, so 3 slots in plain order suffice.
+        """
+        b = x.shape[0]
+        device = x.device
+        order = p.order.to(device)
+        j = torch.arange(3, device=device).view(1, 3)
+        q = (order == HUE).to(torch.uint8).argmax(1, keepdim=True)  # hue position (B, 1)
+        before = j < q
+        linear_ops = order.gather(1, j + (~before).long())  # (B, 3): the non-hue ops, in order
+        if x.shape[1] == 1:
+            slot = j.expand(b, 3)  # no hue on gray images: the linear ops fill slots 0-2 in order
+        else:
+            slot = torch.where(before, 3 - q + j, 3 + j - q)  # (B, 3) in 0..5
+        identity = 3
+        linear_ops = torch.where(p.jitter.view(-1, 1), linear_ops, identity)
+        slot_op = torch.full((b, 6), identity, device=device).scatter_(1, slot, linear_ops)  # (B, 6)
+
+        ones, zeros = torch.ones_like(p.brightness), torch.zeros_like(p.brightness)
+        if self.cfg.brightness_mode == "v2":
+            bright = (p.brightness, zeros, zeros, zeros)
+        else:
+            bright = (ones, zeros, zeros, p.brightness)
+        c, s = p.contrast, p.saturation
+        # coef[b, op] = (alpha, beta, gamma, delta) of blend_ for that op, op 3 = identity
+        coef = torch.stack(
+            [
+                torch.stack(bright, 1),
+                torch.stack([c, zeros, 1 - c, zeros], 1),
+                torch.stack([s, 1 - s, zeros, zeros], 1),
+                torch.stack([ones, zeros, zeros, zeros], 1),
+            ],
+            1,
+        ).to(device)  # (B, 4 ops, 4 coefs)
+        slot_coef = coef.gather(1, slot_op.unsqueeze(2).expand(b, 6, 4))  # (B, 6, 4)
+
+        for k in range(3):
+            blend_(x, *slot_coef[:, k].unbind(1))
+        if x.shape[1] == 3:
+            hued = adjust_hue(x, p.hue)
+            x = torch.where(p.jitter.view(-1, 1, 1, 1), hued, x, out=hued)  # exact for unjittered images
+            for k in range(3, 6):
+                blend_(x, *slot_coef[:, k].unbind(1))
+        return x
+
+    def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
+        """Apply ``params`` to uint8 (or float in [0, 1]) ``x`` (B, C, H, W); returns float32 (B, 3, S, S)."""
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"expected images (B, 1 or 3, H, W), got shape {tuple(x.shape)}")
+        # float32 throughout, even when called under autocast (bf16 matmuls would blur the blur's identity)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._augment(x, params)
+
+    def _augment(self, x: Tensor, params: AugmentParams) -> Tensor:
+        cfg, size = self.cfg, self.out_size
+        height, width = x.shape[2:]
+        xf = x.to(torch.float32)
+        if cfg.crop or cfg.flip or (height, width) != (size, size):
+            xf = resized_crop_flip(xf, params.boxes, params.flip if cfg.flip else None, size)
+        elif xf is x:
+            xf = x.clone()  # the steps below work in place on their own buffer
+        if x.dtype == torch.uint8:
+            xf.div_(255)  # after the crop, which is linear: fewer pixels when the input is larger
+        if self.use_jitter:
+            xf = self._color_jitter(xf, params)
+        if self.use_gray and xf.shape[1] == 3:
+            mask = params.grayscale.to(x.device).view(-1, 1, 1, 1)
+            xf = torch.where(mask, rgb_to_grayscale(xf), xf, out=xf)
+        if self.use_blur:
+            k = blur_kernel_size(size)
+            xf = gaussian_blur(xf, params.sigma, k, apply=params.blur, padding=self.blur_padding)
+        return self.normalize(xf)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One random view per image: uint8 (B, C, H, W) -> float32 (B, 3, S, S) on x's device."""
+        params = self.sample_params(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
+        return self.apply(x, params)
+
+    def two_views(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Two independent views of each image, computed as one batch of 2B (v1 section 2.1)."""
+        views = self(torch.cat([x, x]), generator)
+        return views[: x.shape[0]], views[x.shape[0] :]
+
+
+class EvalTransform(nn.Module):
+    """Evaluation preprocessing (SPEC 2.4): centre crop, resize, 1 -> 3 channels, normalise.
+
+    The crop is a centred square keeping ``crop_fraction`` of the shorter side (offset ((H - h) + 1) // 2,
+    as the official code), resized to ``out_size`` with antialiased bilinear interpolation (the official
+    code uses bicubic). ``crop_fraction=None`` resolves like ``augment.eval_crop_fraction``: 0.875 for
+    ``out_size`` > 32, else 1.0 (no crop, as for CIFAR-10).
+    """
+
+    def __init__(
+        self,
+        out_size: int,
+        crop_fraction: float | None = None,
+        mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+        std: tuple[float, ...] = (0.5, 0.5, 0.5),
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.out_size = int(out_size)
+        if crop_fraction is None:
+            crop_fraction = 0.875 if out_size > 32 else 1.0
+        if not 0.0 < crop_fraction <= 1.0:
+            raise SimCLRError(f"augment.eval_crop_fraction: expected a value in (0, 1], got {crop_fraction}")
+        self.crop_fraction = crop_fraction
+        self.normalize = _Normalize(mean, std) if normalize else _Normalize(None, None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """uint8 (or float in [0, 1]) (B, C, H, W) -> float32 (B, 3, S, S)."""
+        height, width = x.shape[2:]
+        side = max(1, int(self.crop_fraction * min(height, width)))
+        top, left = (height - side + 1) // 2, (width - side + 1) // 2
+        xf = x[:, :, top : top + side, left : left + side].to(torch.float32)
+        if side != self.out_size:
+            size = (self.out_size, self.out_size)
+            xf = F.interpolate(xf, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if x.dtype == torch.uint8:
+            xf = (xf / 255).clamp_(0, 1)
+        return self.normalize(xf)

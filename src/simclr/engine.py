@@ -1,0 +1,478 @@
+"""The SimCLR pretraining loop: data, two views, forward, NT-Xent, backward, step, log, checkpoint.
+
+Readable top to bottom (nanoGPT-style). Everything method-specific lives elsewhere: views in
+:mod:`simclr.augment`, the networks in :mod:`simclr.models`, the loss in :mod:`simclr.loss`, LARS and the
+schedule in :mod:`simclr.optim`, the memory queue in :mod:`simclr.memory`, gathering across ranks in
+:mod:`simclr.distributed`.
+
+Loss scale: ``metrics.jsonl`` logs the paper's NT-Xent (mean over the 2N views). The gradient is taken of
+twice that value, the official code's scale, so that weight decay inside LARS is balanced as in the paper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simclr import __version__
+from simclr.augment import Augment, EvalTransform
+from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from simclr.config import Config, config_from_dict, config_to_dict, dump_config
+from simclr.data import ImageData, load_dataset, make_batch_source
+from simclr.data.base import channel_stats
+from simclr.distributed import DistInfo, cleanup, convert_sync_batchnorm, init_distributed
+from simclr.errors import SimCLRError
+from simclr.loss import nt_xent
+from simclr.memory import MemoryQueue, MomentumEncoder
+from simclr.models.build import build_model
+from simclr.monitor import KnnMonitor
+from simclr.optim import build_optimizer, lr_at, param_groups
+
+
+def resolve_device(name: str, dist: DistInfo | None = None) -> torch.device:
+    """``auto`` picks the rank's CUDA device when there is one, else the CPU."""
+    if dist is not None and dist.world_size > 1:
+        return dist.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SimCLRError(f"train.device={name}: CUDA is not available on this machine")
+    return dev
+
+
+def load_training_data(cfg: Config) -> ImageData:
+    """The pretraining images (labels kept, if any, for the online probe only)."""
+    d = cfg.data
+    return load_dataset(
+        d.dataset,
+        d.path,
+        split=d.train_split,
+        image_size=d.image_size,
+        download=d.download,
+        max_bad_fraction=d.max_bad_fraction,
+    )
+
+
+class _Stop:
+    """Turns SIGTERM / SIGINT into a flag read at step boundaries, so a checkpoint is saved first."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _Stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # second signal: give up waiting
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class RunState:
+    """Counters that a checkpoint restores."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    bad_steps: int = 0  # non-finite losses in a row
+    skipped_steps: int = 0  # non-finite losses in total
+
+
+class PretrainModule(nn.Module):
+    """Encoder + projection head, plus the online linear probe on stop-gradient h (TF2 default)."""
+
+    def __init__(self, model: nn.Module, num_classes: int | None):
+        super().__init__()
+        self.model = model
+        self.probe = nn.Linear(model.encoder.out_dim, num_classes) if num_classes else None
+
+    def forward(self, x: torch.Tensor):
+        h, z = self.model(x)
+        logits = self.probe(h.detach()) if self.probe is not None else None
+        return h, z, logits
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``metrics.jsonl`` (and TensorBoard when installed)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint's step (they will be logged again)."""
+        if not (self.enabled and self.path.exists()):
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.path)
+
+
+def pretrain(cfg: Config, out: str | os.PathLike, resume: bool = False) -> dict:
+    """Run SimCLR pretraining (v1 section 2; v2 section 2.1 with ``model.head_layers=3``).
+
+    Writes ``out/config.yaml``, ``out/metrics.jsonl``, ``out/checkpoints/last.pt`` and ``out/summary.json``;
+    returns the summary. ``resume=True`` continues exactly from ``out/checkpoints/last.pt``.
+    """
+    dist = init_distributed()
+    try:
+        return _pretrain(cfg, Path(out), resume, dist)
+    finally:
+        cleanup()
+
+
+def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
+    t, a = cfg.train, cfg.augment
+    device = resolve_device(t.device, dist)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not ckpt_path.is_file():
+            raise SimCLRError(f"{ckpt_path}: nothing to resume (no checkpoint in {run_dir})")
+        saved = load_checkpoint(ckpt_path)
+        saved_cfg = config_from_dict(saved["config"])
+        if config_to_dict(saved_cfg.model) != config_to_dict(cfg.model):
+            raise SimCLRError(f"{ckpt_path}: --resume with a different model config than the run's")
+        cfg = saved_cfg
+        t = cfg.train
+    elif ckpt_path.exists():
+        raise SimCLRError(
+            f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if t.batch_size % dist.world_size:
+        raise SimCLRError(f"train.batch_size={t.batch_size} is not divisible by the {dist.world_size} ranks")
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(t.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not t.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # ---- data: uint8 images, held on the device when they fit ------------------------------------------
+    data = load_training_data(cfg)
+    image_size = cfg.model.input_size or data.images.shape[-1]
+    mean, std = channel_stats(data.images)
+    num_classes = int(data.labels.max()) + 1 if data.labels is not None else None
+    source = make_batch_source(
+        data,
+        t.batch_size,
+        device,
+        shuffle=True,
+        drop_last=True,
+        seed=t.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        workers=cfg.data.workers,
+    )
+    steps_per_epoch = len(source)
+    if steps_per_epoch == 0:
+        raise SimCLRError(
+            f"{data.source}: {len(data.images)} images are fewer than one batch of {t.batch_size}"
+        )
+    total_steps = t.epochs * steps_per_epoch
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+
+    # ---- model, optimizer, augmentation ---------------------------------------------------------------
+    model = build_model(cfg.model, image_size)
+    module = PretrainModule(model, num_classes if cfg.monitor.online_probe else None).to(device)
+    if t.channels_last if t.channels_last is not None else device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    # The online probe is trained by the same optimizer but, as `head_supervised` in the official code,
+    # without LARS adaptation or weight decay.
+    groups = param_groups(module.model, cfg.optim.weight_decay)
+    if module.probe is not None:
+        groups.append({"params": list(module.probe.parameters()), "weight_decay": 0.0, "lars_exclude": True})
+    optimizer, peak_lr = build_optimizer(groups, cfg.optim, t.batch_size)
+    momentum_model = MomentumEncoder(model) if cfg.loss.memory_size > 0 else None
+    queue = MemoryQueue(cfg.loss.memory_size, cfg.model.projection_dim).to(device) if momentum_model else None
+    augment = Augment(a, image_size, mean=mean, std=std).to(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(t.seed * 1000 + dist.rank)  # each rank draws different views
+
+    state = RunState()
+    if resume:
+        load_state_strict(module, saved["module"], ckpt_path)
+        optimizer.load_state_dict(saved["optimizer"])
+        if momentum_model is not None:
+            momentum_model.load_state_dict(saved["momentum_model"])
+            queue.load_state_dict(saved["memory"])
+        state = RunState(**saved["run_state"])
+        gen_states = saved["rng"]["augment"]
+        generator.set_state(gen_states[dist.rank % len(gen_states)])
+        torch.set_rng_state(saved["rng"]["torch"])
+        del saved
+
+    train_module: nn.Module = module
+    if dist.world_size > 1:
+        if t.global_bn:
+            train_module = convert_sync_batchnorm(train_module)
+        train_module = nn.parallel.DistributedDataParallel(
+            train_module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if t.compile:
+        train_module = torch.compile(train_module)
+    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    # ---- run folder ------------------------------------------------------------------------------------
+    if dist.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+    writer = MetricsWriter(run_dir, dist.is_main)
+    if resume:
+        writer.truncate_after(state.step)
+    knn = None
+    if dist.is_main and cfg.monitor.knn:
+        knn = KnnMonitor.from_config(
+            cfg, data, EvalTransform(image_size, a.eval_crop_fraction, mean, std), device
+        )
+
+    def checkpoint() -> None:
+        if not dist.is_main:
+            return
+        gen = [generator.get_state()]
+        save_checkpoint(
+            {
+                "kind": "pretrain",
+                "config": config_to_dict(cfg),
+                "image_size": image_size,
+                "data_stats": {"mean": list(mean), "std": list(std)},
+                "model": model.state_dict(),
+                "module": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "momentum_model": momentum_model.state_dict() if momentum_model else None,
+                "memory": queue.state_dict() if queue is not None else None,
+                "run_state": vars(state).copy(),
+                "rng": {"augment": gen, "torch": torch.get_rng_state()},
+                "num_classes": num_classes,
+                "library_version": __version__,
+            },
+            ckpt_path,
+        )
+
+    if dist.is_main:
+        print(
+            f"simclr pretrain: {len(data.images)} images {tuple(data.images.shape[1:])} from {data.source}, "
+            f"{cfg.model.arch} x{cfg.model.width_multiplier} ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M "
+            f"encoder params), batch {t.batch_size}, {t.epochs} epochs = {total_steps} steps, peak lr {peak_lr:.4g}, "
+            f"device {device}, run folder {run_dir}",
+            flush=True,
+        )
+    progress = _progress(total_steps, state.step, dist.is_main)
+    log_sums = torch.zeros(4, device=device)  # loss, contrastive acc, probe acc, probe count
+    log_images, log_t0 = 0, time.perf_counter()
+    stopped_by: int | None = None
+    max_steps = t.max_steps if t.max_steps is not None else total_steps
+    train_module.train()
+
+    with _Stop() as stop:
+        while state.epoch < t.epochs and state.step < max_steps and stopped_by is None:
+            source.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+            for images, labels, _ in source:
+                lr = lr_at(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
+
+                # Two views of every image, made on the device (v1 section 3): rows [0, B) and [B, 2B).
+                with torch.no_grad():
+                    v1, v2 = augment.two_views(images, generator)
+                    views = torch.cat(
+                        [v1, v2]
+                    )  # (2B, 3, S, S); BN statistics over both views as in the paper
+                    if device.type == "cuda" and (t.channels_last is not False):
+                        views = views.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    h, z, logits = train_module(views)
+                z_a, z_b = z.float().chunk(2)
+                negatives = queue.negatives() if queue is not None else None
+                loss = nt_xent(
+                    z_a, z_b, cfg.loss.temperature, queue=negatives, chunk_size=cfg.loss.chunk_size
+                )
+                total = 2.0 * loss  # the official code's scale (see module docstring)
+                if logits is not None and labels is not None:
+                    targets = torch.cat([labels, labels])
+                    probe_loss = F.cross_entropy(logits.float(), targets)
+                    total = total + probe_loss
+                    probe_correct = (logits.argmax(1) == targets).float().sum()
+                    log_sums[2] += probe_correct
+                    log_sums[3] += targets.numel()
+
+                if not torch.isfinite(total):  # skipped, counted; the run stops after too many in a row
+                    state.bad_steps += 1
+                    state.skipped_steps += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    if state.bad_steps >= t.max_bad_steps:
+                        raise SimCLRError(
+                            f"{run_dir}: non-finite loss at step {state.step} (lr {lr:.4g}) for {state.bad_steps} "
+                            f"steps in a row; the last good checkpoint {ckpt_path} is intact"
+                        )
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    total.backward()
+                    grads_ok = (
+                        all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
+                        if device.type == "cpu"
+                        else True
+                    )
+                    if grads_ok:
+                        optimizer.step()
+                        state.bad_steps = 0
+                        if momentum_model is not None:
+                            momentum_model.update(model, cfg.loss.memory_momentum)
+                            with torch.no_grad(), autocast:
+                                _, z_m = momentum_model(views)
+                            queue.enqueue(F.normalize(z_m.float(), dim=1))
+                    else:
+                        state.bad_steps += 1
+                        state.skipped_steps += 1
+                with torch.no_grad():
+                    log_sums[0] += loss.detach()
+                    log_sums[1] += _contrastive_accuracy(z_a.detach(), z_b.detach())
+                state.step += 1
+                state.batch_in_epoch += 1
+                log_images += images.shape[0] * dist.world_size
+                progress.update(1)
+
+                if state.step % t.log_every == 0 or state.step == max_steps:
+                    sums = log_sums.tolist()  # the only host read-back, once per log interval
+                    n = t.log_every if state.step % t.log_every == 0 else state.step % t.log_every
+                    elapsed = time.perf_counter() - log_t0
+                    record = {
+                        "step": state.step,
+                        "epoch": state.epoch + state.batch_in_epoch / steps_per_epoch,
+                        "loss": sums[0] / n,
+                        "contrastive_acc": sums[1] / n,
+                        "lr": lr,
+                        "images_per_sec": log_images / max(elapsed, 1e-9),
+                    }
+                    if sums[3] > 0:
+                        record["online_probe_acc"] = sums[2] / sums[3]
+                    if state.skipped_steps:
+                        record["skipped_steps"] = state.skipped_steps
+                    writer.write(record)
+                    progress.set_postfix(
+                        loss=f"{record['loss']:.3f}",
+                        acc=f"{record['contrastive_acc']:.2f}",
+                        lr=f"{lr:.3g}",
+                        img_s=f"{record['images_per_sec']:.0f}",
+                    )
+                    log_sums.zero_()
+                    log_images, log_t0 = 0, time.perf_counter()
+                if state.step % t.checkpoint_every == 0:
+                    checkpoint()
+                if stop.signal is not None:
+                    stopped_by = stop.signal
+                    break
+                if state.step >= max_steps:
+                    break
+            else:  # epoch finished
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if knn is not None:
+                    top1 = knn.evaluate(model.encoder)
+                    model.train()
+                    writer.write({"step": state.step, "epoch": state.epoch, "knn_monitor_top1": top1})
+                    progress.write(f"epoch {state.epoch}: kNN monitor top-1 {top1:.4f}")
+                checkpoint()
+                log_t0 = time.perf_counter()
+                log_images = 0
+        checkpoint()
+    progress.close()
+
+    summary = {
+        "run_dir": str(run_dir),
+        "status": "interrupted" if stopped_by is not None else "finished",
+        "steps": state.step,
+        "epochs": state.epoch,
+        "skipped_steps": state.skipped_steps,
+        "checkpoint": str(ckpt_path),
+        "device": _hardware(device),
+        "world_size": dist.world_size,
+        "library_version": __version__,
+    }
+    if dist.is_main:
+        tmp = run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, run_dir / "summary.json")
+        note = "interrupted by signal; resume with --resume" if stopped_by is not None else "finished"
+        print(f"simclr pretrain: {note}; checkpoint {ckpt_path}", flush=True)
+    if stopped_by is not None:
+        summary["signal"] = stopped_by
+    return summary
+
+
+def _contrastive_accuracy(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """Fraction of view-a anchors whose most similar view-b row is their own positive (official metric)."""
+    sim = F.normalize(z_a, dim=1) @ F.normalize(z_b, dim=1).T
+    return (sim.argmax(1) == torch.arange(len(z_a), device=z_a.device)).float().mean()
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        file=sys.stderr,
+    )
+
+
+__all__ = ["pretrain", "resolve_device", "PretrainModule", "RunState"]
