@@ -29,9 +29,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="named preset (see `simclr presets`)")
     p.add_argument("--config", help="YAML config file, applied after the preset")
     p.add_argument("--data", help="dataset root folder or file (sets data.path)")
-    p.add_argument(
-        "--dataset", help="dataset kind: fashion-mnist, cifar10, stl10, folder, npz, ... (data.dataset)"
-    )
+    p.add_argument("--dataset", help="dataset kind: fashion-mnist, cifar10, stl10, folder, npz, ... (data.dataset)")
     p.add_argument("--download", action="store_true", help="fetch a known dataset from its official address")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (train.device)")
     p.add_argument(
@@ -116,6 +114,7 @@ def _linear_eval(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
+        baselines=args.baselines,
     )
     return 0
 
@@ -189,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("linear-eval", help="linear evaluation on frozen features (fast or paper protocol)")
     eval_common(p)
     p.add_argument("--mode", choices=["fast", "paper"], default="fast")
+    p.add_argument(
+        "--baselines", action="store_true", help="also probe the random-init encoder and the raw pixels (fast mode)"
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
 

@@ -139,8 +139,11 @@ class MetricsWriter:
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # full disk, folder gone: one line, the checkpoint of the last step is intact
+            raise SimCLRError(f"{self.path}: cannot append metrics ({e.strerror or e})") from None
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, int | float) and k not in ("step", "epoch"):
@@ -183,15 +186,18 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         if not ckpt_path.is_file():
             raise SimCLRError(f"{ckpt_path}: nothing to resume (no checkpoint in {run_dir})")
         saved = load_checkpoint(ckpt_path)
+        missing = [k for k in ("config", "module", "optimizer", "run_state", "rng") if k not in saved]
+        if saved.get("kind") != "pretrain" or missing:
+            raise SimCLRError(
+                f"{ckpt_path}: not a pretraining checkpoint (kind {saved.get('kind')!r}, lacks {missing})"
+            )
         saved_cfg = config_from_dict(saved["config"])
         if config_to_dict(saved_cfg.model) != config_to_dict(cfg.model):
             raise SimCLRError(f"{ckpt_path}: --resume with a different model config than the run's")
         cfg = saved_cfg
         t = cfg.train
     elif ckpt_path.exists():
-        raise SimCLRError(
-            f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out"
-        )
+        raise SimCLRError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
     if t.batch_size % dist.world_size:
         raise SimCLRError(f"train.batch_size={t.batch_size} is not divisible by the {dist.world_size} ranks")
     if t.deterministic:
@@ -220,9 +226,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
     )
     steps_per_epoch = len(source)
     if steps_per_epoch == 0:
-        raise SimCLRError(
-            f"{data.source}: {len(data.images)} images are fewer than one batch of {t.batch_size}"
-        )
+        raise SimCLRError(f"{data.source}: {len(data.images)} images are fewer than one batch of {t.batch_size}")
     total_steps = t.epochs * steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
 
@@ -269,16 +273,20 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
     # ---- run folder ------------------------------------------------------------------------------------
-    if dist.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_config(cfg))
     writer = MetricsWriter(run_dir, dist.is_main)
-    if resume:
+    try:
+        if dist.is_main:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_config(cfg))
+        # Resuming drops lines logged after the checkpoint; a fresh start drops those of a run killed before
+        # its first checkpoint (they would be logged twice, one of them possibly cut in half).
         writer.truncate_after(state.step)
+    except OSError as e:
+        raise SimCLRError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from None
     knn = None
     if dist.is_main and cfg.monitor.knn:
         knn = KnnMonitor.from_config(
-            cfg, data, EvalTransform(image_size, a.eval_crop_fraction, mean, std), device
+            cfg, data, EvalTransform(image_size, a.eval_crop_fraction, mean, std, normalize=a.normalize), device
         )
 
     def checkpoint() -> None:
@@ -305,9 +313,10 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         )
 
     if dist.is_main:
+        n_params = sum(p.numel() for p in model.encoder.parameters()) / 1e6
         print(
             f"simclr pretrain: {len(data.images)} images {tuple(data.images.shape[1:])} from {data.source}, "
-            f"{cfg.model.arch} x{cfg.model.width_multiplier} ({sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f}M "
+            f"{cfg.model.arch} x{cfg.model.width_multiplier} ({n_params:.2f}M "
             f"encoder params), batch {t.batch_size}, {t.epochs} epochs = {total_steps} steps, peak lr {peak_lr:.4g}, "
             f"device {device}, run folder {run_dir}",
             flush=True,
@@ -318,8 +327,12 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
     stopped_by: int | None = None
     max_steps = t.max_steps if t.max_steps is not None else total_steps
     train_module.train()
+    # The forward pass updates BN running statistics before the loss is known to be finite: a copy of them
+    # after the last good step is what a skipped step restores.
+    bn_stats = list(module.buffers())
+    bn_stats_good = [b.detach().clone() for b in bn_stats]
 
-    with _Stop() as stop:
+    with _Stop() as stop, progress:  # the bar is closed (its line ended) before any error is printed
         while state.epoch < t.epochs and state.step < max_steps and stopped_by is None:
             source.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
             for images, labels, _ in source:
@@ -330,18 +343,14 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                 # Two views of every image, made on the device (v1 section 3): rows [0, B) and [B, 2B).
                 with torch.no_grad():
                     v1, v2 = augment.two_views(images, generator)
-                    views = torch.cat(
-                        [v1, v2]
-                    )  # (2B, 3, S, S); BN statistics over both views as in the paper
+                    views = torch.cat([v1, v2])  # (2B, 3, S, S); BN statistics over both views as in the paper
                     if device.type == "cuda" and (t.channels_last is not False):
                         views = views.contiguous(memory_format=torch.channels_last)
                 with autocast:
                     h, z, logits = train_module(views)
                 z_a, z_b = z.float().chunk(2)
                 negatives = queue.negatives() if queue is not None else None
-                loss = nt_xent(
-                    z_a, z_b, cfg.loss.temperature, queue=negatives, chunk_size=cfg.loss.chunk_size
-                )
+                loss = nt_xent(z_a, z_b, cfg.loss.temperature, queue=negatives, chunk_size=cfg.loss.chunk_size)
                 total = 2.0 * loss  # the official code's scale (see module docstring)
                 if logits is not None and labels is not None:
                     targets = torch.cat([labels, labels])
@@ -355,11 +364,6 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                     state.bad_steps += 1
                     state.skipped_steps += 1
                     optimizer.zero_grad(set_to_none=True)
-                    if state.bad_steps >= t.max_bad_steps:
-                        raise SimCLRError(
-                            f"{run_dir}: non-finite loss at step {state.step} (lr {lr:.4g}) for {state.bad_steps} "
-                            f"steps in a row; the last good checkpoint {ckpt_path} is intact"
-                        )
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     total.backward()
@@ -379,6 +383,17 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                     else:
                         state.bad_steps += 1
                         state.skipped_steps += 1
+                if state.bad_steps:  # a skipped step leaves no trace, BN statistics included
+                    torch._foreach_copy_(bn_stats, bn_stats_good)
+                    if state.bad_steps >= t.max_bad_steps:
+                        kept = f"the last good checkpoint {ckpt_path} is intact" if ckpt_path.exists() else (
+                            "no checkpoint was written yet")  # fmt: skip
+                        raise SimCLRError(
+                            f"{run_dir}: non-finite loss or gradient at step {state.step + 1} (lr {lr:.4g}), "
+                            f"{state.bad_steps} steps in a row (train.max_bad_steps); {kept}"
+                        )
+                else:
+                    torch._foreach_copy_(bn_stats_good, bn_stats)
                 with torch.no_grad():
                     log_sums[0] += loss.detach()
                     log_sums[1] += _contrastive_accuracy(z_a.detach(), z_b.detach())

@@ -1,0 +1,181 @@
+"""Shared plumbing of the evaluation protocols: frozen features, evaluation data, devices, progress.
+
+Features are extracted once with the evaluation preprocessing (centre crop, SPEC 2.4) under
+``torch.inference_mode`` with the network in eval mode (BN uses its running statistics), in batches, so
+a protocol that trains on cached features never runs the encoder twice.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from simclr.config import Config
+from simclr.errors import SimCLRError
+from simclr.eval.metrics import topk_correct
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is a user error."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SimCLRError(f"device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def progress(iterable: Iterable, total: int | None = None, desc: str | None = None, enabled: bool | None = None):
+    """tqdm over ``iterable`` on stderr, shown only when stderr is a terminal (quiet in logs and CI)."""
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode (BN on running statistics, as official linear eval) and no gradients, in place."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class Representation(nn.Module):
+    """x -> h (``from_head_layer=0``) or the output of the first k projection-head layers (v2 section 2).
+
+    Wraps a :class:`~simclr.models.SimCLRModel` (not a copy: its weights are shared).
+    """
+
+    def __init__(self, model: nn.Module, from_head_layer: int = 0):
+        super().__init__()
+        self.model, self.from_head_layer = model, from_head_layer
+        self.train(model.training)  # a new wrapper must not flip the wrapped model's mode when restored
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) views -> (B, D) features."""
+        h = self.model.encoder(x)
+        return self.model.head(h, layers=self.from_head_layer) if self.from_head_layer else h
+
+
+def eval_transform_for(config: Config, image_size: int, mean, std) -> nn.Module:
+    """The evaluation preprocessing of a run: centre crop (``augment.eval_crop_fraction``) + normalise."""
+    from simclr.augment import EvalTransform
+
+    a = config.augment
+    return EvalTransform(image_size, a.eval_crop_fraction, tuple(mean), tuple(std), normalize=a.normalize)
+
+
+def extract_features(
+    net: nn.Module,
+    images: Tensor,
+    transform: Callable[[Tensor], Tensor],
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    desc: str | None = "features",
+) -> Tensor:
+    """Features (N, D) float32 on ``device`` of uint8 ``images`` (N, C, H, W) after ``transform``.
+
+    ``net`` (e.g. an encoder or a :class:`Representation`) is already on ``device``; it runs in eval mode
+    under ``torch.inference_mode`` and its previous train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    was_training = net.training
+    net.eval()
+    out: list[Tensor] = []
+    try:
+        with torch.inference_mode():
+            starts = range(0, images.shape[0], batch_size)
+            for start in progress(starts, total=len(starts), desc=desc):
+                x = transform(images[start : start + batch_size].to(device, non_blocking=True))
+                out.append(net(x).float())
+    finally:
+        net.train(was_training)
+    if not out:
+        raise SimCLRError("extract_features: no images")
+    # Clone out of inference mode so callers may use the features in autograd (a linear classifier).
+    return torch.cat(out).clone()
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    net: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    transform: Callable[[Tensor], Tensor],
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    desc: str | None = "test",
+) -> tuple[float, float]:
+    """Top-1 / top-5 (percent) of ``net`` (views -> logits) on uint8 ``images`` with ``transform``.
+
+    The network is put in eval mode for the pass and its mode restored; ``desc=None`` hides the progress bar.
+    """
+    device = torch.device(device)
+    was_training = net.training
+    net.eval()
+    correct = torch.zeros(2, dtype=torch.int64, device=device)
+    try:
+        starts = range(0, images.shape[0], batch_size)
+        for start in progress(starts, total=len(starts), desc=desc, enabled=None if desc else False):
+            x = transform(images[start : start + batch_size].to(device, non_blocking=True))
+            y = labels[start : start + batch_size].to(device, non_blocking=True)
+            correct += topk_correct(net(x), y, (1, 5))
+    finally:
+        net.train(was_training)
+    n = max(1, images.shape[0])
+    top1, top5 = (100.0 * float(c) / n for c in correct.cpu())
+    return top1, top5
+
+
+def load_eval_data(config: Config, dataset: str | None = None, path: str | None = None) -> tuple[Any, Any, str]:
+    """(train, test, dataset name): the labelled train split and the test split a run is evaluated on.
+
+    ``dataset`` / ``path`` default to the run's ``data.dataset`` / ``data.path`` (a different path with the
+    run's dataset kind is allowed). Evaluation always uses the labelled ``train`` split, even when
+    pretraining used unlabelled images (STL-10 ``unlabeled``).
+    """
+    from simclr.data import load_dataset
+
+    d = config.data
+    name = dataset or d.dataset
+    root = path if path is not None else (d.path if dataset in (None, d.dataset) else None)
+    train = load_dataset(name, root, split="train", image_size=d.image_size, download=d.download)
+    test = load_dataset(name, root, split=d.test_split, image_size=d.image_size, download=d.download)
+    for split, data in (("train", train), (d.test_split, test)):
+        if data.labels is None:
+            raise SimCLRError(f"{data.source}: the {split} split has no labels to evaluate with")
+    return train, test, name
+
+
+def default_out_dir(run: str | Path | None, protocol: str) -> Path:
+    """``RUN/eval/<protocol>`` for a run folder; beside the run of a ``RUN/checkpoints/x.pt`` file."""
+    if run is None:
+        return Path("runs") / "eval" / protocol
+    p = Path(run)
+    if p.is_dir():
+        return p / "eval" / protocol
+    parent = p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return parent / "eval" / protocol
+
+
+def scaled_batch_size(n: int, nominal: int, min_steps_per_epoch: int = 5, floor: int = 32) -> int:
+    """The paper's batch size scaled down to a small dataset of ``n`` examples.
+
+    ``min(nominal, max(n // min_steps_per_epoch, min(floor, n)))``: the nominal batch (4096 for linear
+    eval, 1024 for fine-tuning) when the data allow it, else small enough for ``min_steps_per_epoch``
+    optimizer steps per epoch, but not below ``floor`` (BatchNorm needs a few images per batch).
+    """
+    if n < 1:
+        raise SimCLRError("no training examples")
+    return max(1, min(nominal, max(n // min_steps_per_epoch, min(floor, n))))
+
+
+def image_size_of(config: Config, images: Tensor) -> int:
+    """Side of the views fed to the encoder: ``model.input_size`` or the stored image side."""
+    return int(config.model.input_size or images.shape[-1])
