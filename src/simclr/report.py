@@ -1,0 +1,549 @@
+"""The run report: one self-contained HTML page (``RUN/report/index.html``) with its figures as PNG files.
+
+``write_report(RUN)`` accepts a pretraining run folder or a pipeline folder (whose ``pretrain/`` is the run)
+and shows, each section skipped with a note when its input is missing:
+
+- training curves from ``metrics.jsonl``: NT-Xent loss, contrastive accuracy, learning rate, and the online
+  probe / kNN monitor accuracies;
+- a 2-D map of test-image representations h coloured by class: PCA (SVD) always, t-SNE when scikit-learn is
+  installed, UMAP when umap-learn is installed;
+- nearest-neighbour retrieval: test queries and their 8 most cosine-similar train images (by h);
+- pairs of augmented views drawn with the run's own augmentation settings;
+- representation health on two augmented views of test images (Wang & Isola 2020): alignment
+  E ||f(x) - f(x')||^2 and uniformity log E exp(-2 ||f(x) - f(y)||^2) of the L2-normalised embeddings, the
+  standard deviation of every dimension (collapse shows as near-zero stds) and the effective rank
+  (exp of the entropy of the normalised singular values), for h and z;
+- the results table (``results.json`` of a pipeline) and the evaluation card of every ``metrics.json``.
+
+Figures are drawn with matplotlib's Agg canvas (no display needed) and embedded in the page as base64 PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import importlib.util
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from simclr.errors import SimCLRError
+from simclr.preview import (
+    augmentation_figure,
+    curves_figure,
+    health_figure,
+    map_figure,
+    retrieval_figure,
+    save_figure,
+)
+
+# ---- representation health: small pure functions ------------------------------------------------------
+
+
+def alignment(u: Tensor, v: Tensor) -> float:
+    """Mean squared distance between the L2-normalised embeddings of two views, rows paired: (N, D) each.
+
+    0 when both views of every image map to the same point; at most 4 (Wang & Isola 2020, alpha = 2).
+    """
+    u, v = F.normalize(u.double(), dim=1), F.normalize(v.double(), dim=1)
+    return float((u - v).pow(2).sum(1).mean())
+
+
+def uniformity(u: Tensor, t: float = 2.0) -> float:
+    """log of the mean of exp(-t ||u_i - u_j||^2) over distinct pairs of L2-normalised rows of u (N, D).
+
+    0 when all embeddings coincide; about -4 (t = 2) when they are spread over a high-dimensional sphere.
+    """
+    u = F.normalize(u.double(), dim=1)
+    sq = torch.pdist(u).pow(2)  # (N (N - 1) / 2,) squared distances of distinct pairs
+    return float(torch.logsumexp(-t * sq, 0) - math.log(sq.numel()))
+
+
+def dimension_std(u: Tensor) -> Tensor:
+    """Standard deviation of each dimension of the L2-normalised rows of u (N, D) over the N images: (D,)."""
+    return F.normalize(u.double(), dim=1).std(0)
+
+
+def effective_rank(u: Tensor) -> float:
+    """exp(entropy) of the normalised singular values of the centred, L2-normalised rows of u (N, D).
+
+    The effective rank of Roy & Vetterli (2007), which RankMe (Garrido et al. 2023) tracks for
+    self-supervised embeddings (here of the centred embeddings): D when every direction carries the same
+    variance, 1 when a single one carries it all.
+    """
+    x = F.normalize(u.double(), dim=1)
+    s = torch.linalg.svdvals(x - x.mean(0))
+    p = s / s.sum().clamp_min(1e-12)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+
+
+def health_summary(v1: Tensor, v2: Tensor) -> dict[str, Any]:
+    """Alignment, uniformity, per-dimension std and effective rank of embeddings of two views (N, D)."""
+    both = torch.cat([v1, v2])
+    std = dimension_std(both)
+    d = std.numel()
+    return {
+        "dim": d,
+        "alignment": alignment(v1, v2),
+        "uniformity": uniformity(both),
+        "std": std.float(),
+        "near_zero": int((std < 0.1 / math.sqrt(d)).sum()),  # a tenth of a uniform spread's 1 / sqrt(D)
+        "total_variance": float(std.pow(2).sum()),  # 1 - ||mean||^2, in [0, 1]
+        "effective_rank": effective_rank(both),
+    }
+
+
+def interpret(name: str, s: dict[str, Any]) -> str:
+    """One line saying what the numbers of :func:`health_summary` mean for representation ``name``."""
+    facts = (
+        f"{name}: alignment {s['alignment']:.3f} (0 = the two views coincide), uniformity {s['uniformity']:.2f} "
+        f"(0 = all images coincide, about -4 = spread over the sphere), effective rank {s['effective_rank']:.1f} "
+        f"of {s['dim']}, {s['near_zero']} of {s['dim']} dimensions with near-zero std"
+    )
+    if s["total_variance"] < 0.01:
+        verdict = "complete collapse: every image gets almost the same embedding"
+    elif s["near_zero"] > s["dim"] // 2:
+        verdict = "dimensional collapse: most dimensions carry no variation"
+    elif s["uniformity"] > -0.5:
+        verdict = "the embeddings crowd into a small region of the sphere (early training, or a collapse under way)"
+    elif s["near_zero"] > 0:
+        dead = " (channels that a ReLU keeps at zero are common in h)" if name == "h" else ""
+        verdict = f"a few dimensions are unused{dead}, the others vary"
+    else:
+        verdict = "no sign of collapse"
+    return f"{facts}: {verdict}."
+
+
+# ---- inputs ------------------------------------------------------------------------------------------------
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl`` (lines cut by a kill are skipped)."""
+    records = []
+    p = Path(path)
+    if not p.is_file():
+        return records
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            records.append(rec)
+    return records
+
+
+@torch.no_grad()
+def _embed(model, images: Tensor, transform, device, batch: int = 256) -> tuple[Tensor, Tensor]:
+    """(h, z) of uint8 images after ``transform``, model in eval mode, on the CPU."""
+    hs, zs = [], []
+    for i in range(0, len(images), batch):
+        h, z = model(transform(images[i : i + batch].to(device)))
+        hs.append(h.float().cpu())
+        zs.append(z.float().cpu())
+    return torch.cat(hs), torch.cat(zs)
+
+
+def _png(fig, folder: Path, name: str) -> tuple[str, Path]:
+    path = save_figure(fig, folder / name)
+    return base64.b64encode(path.read_bytes()).decode("ascii"), path
+
+
+# ---- embedding maps ---------------------------------------------------------------------------------------
+
+
+def pca_2d(x: Tensor) -> tuple[Tensor, float]:
+    """Projection of x (N, D) on its first two principal axes (SVD of the centred data), variance share."""
+    xc = x.double() - x.double().mean(0)
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    share = float(s[:2].pow(2).sum() / s.pow(2).sum().clamp_min(1e-12))
+    return (xc @ vh[:2].T).float(), share
+
+
+def embedding_maps(h: Tensor, seed: int) -> list[tuple[str, Tensor, str]]:
+    """(method, 2-D points, caption): PCA always; t-SNE and UMAP when their packages are installed."""
+    pts, share = pca_2d(h)
+    maps = [("pca", pts, f"PCA of h: the first two principal components ({share:.0%} of the variance).")]
+    x = F.normalize(h, dim=1).numpy()
+    if len(x) < 10:  # too few points for a neighbour embedding
+        return maps
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        pass
+    else:
+        perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3)))
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+        maps.append(
+            (
+                "tsne",
+                torch.from_numpy(tsne.fit_transform(x)).float(),
+                f"t-SNE of normalised h (perplexity {perplexity:g}).",
+            )
+        )
+    try:
+        import umap
+    except ImportError:
+        pass
+    else:
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), random_state=seed)
+        maps.append(("umap", torch.from_numpy(reducer.fit_transform(x)).float(), "UMAP of normalised h."))
+    return maps
+
+
+# ---- results and cards -------------------------------------------------------------------------------------
+
+_CARD_COLUMNS = (
+    "protocol",
+    "dataset",
+    "split",
+    "label_fraction",
+    "subset_hash",
+    "seed",
+    "epochs",
+    "batch_size",
+    "checkpoint_sha256",
+    "device",
+    "wall_clock_s",
+    "date_utc",
+)
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def results_html(root: Path, page_dir: Path) -> str:
+    """The pipeline's results table (if any) and one row per ``metrics.json`` with its evaluation card."""
+    parts = []
+    rel = os.path.relpath(root, page_dir)
+    table_path = root / "results.json"
+    if table_path.is_file():
+        t = json.loads(table_path.read_text())
+        head = "".join(f"<th>{_e(c)} labels</th>" for c in t.get("columns", []))
+        rows = []
+        for row in t.get("rows", []):
+            cells = []
+            for col in t.get("columns", []):
+                c = row.get("cells", {}).get(col)
+                link = f"{rel}/{c['metrics']}" if c else ""
+                cells.append(
+                    f"<td><a href='{_e(link)}'>{c['top1']:.2f} ({c['top5']:.2f})</a></td>" if c else "<td>-</td>"
+                )
+            rows.append(f"<tr><td>{_e(row.get('name'))}</td>{''.join(cells)}</tr>")
+        parts.append(
+            f"<p>{_e(t.get('metric', ''))}; dataset {_e(t.get('dataset'))}.</p>"
+            f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
+        )
+    elif (root / "results.md").is_file():
+        parts.append(f"<pre>{_e((root / 'results.md').read_text())}</pre>")
+    found = sorted(p for p in root.rglob("metrics.json") if page_dir not in p.parents)
+    cards = []
+    for p in found:
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        card = m.get("card", {}) if isinstance(m, dict) else {}
+        where = p.relative_to(root).parent.as_posix() or "."
+        top = [f"{m[k]:.2f}" if isinstance(m.get(k), int | float) else "" for k in ("top1", "top5")]
+        values = [
+            str(card.get(k))[:12] if k == "checkpoint_sha256" and card.get(k) else card.get(k) for k in _CARD_COLUMNS
+        ]
+        cells = "".join(f"<td>{_e(v)}</td>" for v in values)
+        full = html.escape(json.dumps(card, indent=1))
+        cards.append(
+            f"<tr><td><a href='{_e(rel + '/' + p.relative_to(root).as_posix())}'>{_e(where)}</a>"
+            f"<details><summary>card</summary><pre>{full}</pre></details></td>"
+            f"<td>{top[0]}</td><td>{top[1]}</td>{cells}</tr>"
+        )
+    if cards:
+        head = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in _CARD_COLUMNS)
+        parts.append(
+            f"<h3>Evaluation cards</h3><table><tr><th>result</th><th>top-1</th><th>top-5</th>{head}</tr>"
+            f"{''.join(cards)}</table>"
+        )
+    if not parts:
+        return (
+            "<p class='note'>No evaluation yet: run <code>simclr linear-eval RUN</code>, <code>simclr knn RUN"
+            "</code> or <code>simclr finetune RUN</code>, or the whole <code>simclr pipeline</code>.</p>"
+        )
+    return "".join(parts)
+
+
+# ---- the page ----------------------------------------------------------------------------------------------
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+img{max-width:100%;border:1px solid #eee}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#f6f6f6}
+.note{color:#666;font-style:italic}code{background:#f3f3f3;padding:0 .2em}pre{font-size:.8em;overflow:auto}
+summary{cursor:pointer;color:#555;font-size:.85em}"""
+
+
+def can_draw() -> bool:
+    """matplotlib is installed (without it the page has every table but no figure)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+class _Page:
+    """The sections of the page and the PNGs written for it."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.parts, self.images = folder, [], []
+        self.draw = can_draw()
+
+    def section(self, title: str, body: str) -> None:
+        self.parts.append(f"<h2>{_e(title)}</h2>{body}")
+
+    def figure(self, draw: Callable[[], Any], name: str, caption: str = "") -> str:
+        """``draw()`` makes the figure: saved as ``name``, embedded as base64; a note without matplotlib."""
+        if not self.draw:
+            return f"<p class='note'>{_e(name)}: figures need matplotlib (pip install matplotlib).</p>"
+        data, path = _png(draw(), self.folder, name)
+        self.images.append(path)
+        return (
+            f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}"
+            "</figcaption></figure>"
+        )
+
+    def note(self, title: str, text: str) -> None:
+        self.section(title, f"<p class='note'>{_e(text)}</p>")
+
+
+def _run_facts(run: Path, cfg) -> str:
+    summary = {}
+    if (run / "summary.json").is_file():
+        try:
+            summary = json.loads((run / "summary.json").read_text())
+        except json.JSONDecodeError:
+            summary = {}
+    m, t, a = cfg.model, cfg.train, cfg.augment
+    rows = [
+        ("run folder", run),
+        ("config", f"{cfg.name}: {cfg.data.dataset} {cfg.data.path or ''}"),
+        (
+            "encoder",
+            f"{m.arch} x{m.width_multiplier:g}, sk_ratio {m.sk_ratio:g}, {m.head_layers}-layer head, "
+            f"z {m.projection_dim}-d",
+        ),
+        (
+            "training",
+            f"batch {t.batch_size}, {t.epochs} epochs, {cfg.optim.name} base lr {cfg.optim.base_lr:g} "
+            f"({cfg.optim.lr_scaling}), temperature {cfg.loss.temperature:g}, memory {cfg.loss.memory_size}",
+        ),
+        (
+            "augmentation",
+            f"crop scale {list(a.crop_scale)}, colour strength {a.color_strength:g}, "
+            f"blur p {a.blur_prob if a.blur_prob is not None else 'auto'}",
+        ),
+        (
+            "status",
+            f"{summary.get('status', 'unknown')}, {summary.get('steps', '?')} steps on "
+            f"{summary.get('device', '?')} x {summary.get('world_size', '?')}",
+        ),
+    ]
+    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _load_split(cfg, split: str, n: int, seed: int):
+    from simclr.embed import open_images, sample_indices, take
+
+    data = open_images(cfg.data.dataset, cfg.data.path, split, cfg.data.image_size)
+    idx = sample_indices(len(data), n, seed)
+    images, labels = take(data, idx)
+    return images, labels, data.classes, data.source
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    device: str = "auto",
+    max_images: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Write the report of a run (or pipeline) folder; returns the path of the HTML page.
+
+    ``out``: the report folder (default ``RUN/report``; a path ending in ``.html`` names the page itself,
+    its figures go beside it). ``max_images``: size of the seeded test sample used for the map and the
+    health figures; the retrieval bank is twice that many train images.
+    """
+    from simclr.checkpoint import load_pretrained
+    from simclr.eval.features import resolve_device
+    from simclr.export import resolve_run
+
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise SimCLRError(f"{root}: no such run folder or pipeline folder")
+    run = resolve_run(root)
+    out = Path(out) if out is not None else root / "report"
+    page_path = out if out.suffix == ".html" else out / "index.html"
+    folder = page_path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    page = _Page(folder)
+    facts = ""
+
+    records = read_metrics(run / "metrics.jsonl")
+    if records:
+        page.section(
+            "Training",
+            page.figure(
+                lambda: curves_figure(records),
+                "training.png",
+                "From metrics.jsonl. The online probe is trained on augmented training views alongside "
+                "pretraining; the kNN monitor classifies a fixed test sample each epoch. Both are monitors, "
+                "not evaluation protocols.",
+            ),
+        )
+    else:
+        page.note("Training", f"{run / 'metrics.jsonl'}: no metrics logged.")
+
+    try:
+        dev = resolve_device(device)
+        pre = load_pretrained(run, dev)
+    except SimCLRError as e:
+        page.note("Representation", f"no model to inspect: {e}")
+        pre = None
+    if pre is not None:
+        facts = _run_facts(run, pre.config)
+        _model_sections(page, pre, dev, max_images, seed)
+    page.section("Results", results_html(root, folder))
+
+    title = f"SimCLR report: {root.name}"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    body = "".join(page.parts)
+    page_path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_STYLE}</style>"
+        f"</head><body><h1>{_e(title)}</h1>{facts}{body}<p class='note'>Written {stamp}.</p></body></html>\n"
+    )
+    return page_path
+
+
+def _model_sections(page: _Page, pre, dev, max_images: int, seed: int) -> None:
+    """Map, retrieval, augmentations and health: everything that needs the model and some images."""
+    from simclr.eval.features import eval_transform_for
+
+    cfg = pre.config
+    try:  # the labelled train split when there is one (STL-10 pretrains on train+unlabeled)
+        bank = _load_split(cfg, "train", 2 * max_images, seed)
+    except SimCLRError:
+        try:
+            bank = _load_split(cfg, cfg.data.train_split, 2 * max_images, seed)
+        except SimCLRError as e:
+            page.note("Representation", f"the run's images could not be read ({e}); no map, retrieval or health")
+            return
+    try:
+        test = _load_split(cfg, cfg.data.test_split, max_images, seed + 1)
+    except SimCLRError:  # e.g. an unlabelled folder has no test split: queries come from the bank itself
+        test = (bank[0][:max_images], bank[1][:max_images] if bank[1] is not None else None, bank[2], bank[3])
+    classes = test[2] or bank[2]
+    model = pre.model.eval()
+    transform = eval_transform_for(cfg, pre.image_size, pre.mean, pre.std).to(dev)
+    h_test, _ = _embed(model, test[0], transform, dev)
+    h_bank, _ = _embed(model, bank[0], transform, dev)
+
+    figs = "".join(
+        page.figure(
+            lambda pts=pts, method=method: map_figure(
+                pts, test[1], classes, f"{method.upper()}: {len(pts)} images from {test[3]}"
+            ),
+            f"embedding_{method}.png",
+            caption,
+        )
+        for method, pts, caption in embedding_maps(h_test, seed)
+    )
+    missing = [name for name, mod in (("t-SNE", "sklearn"), ("UMAP", "umap")) if importlib.util.find_spec(mod) is None]
+    extra = f" Install scikit-learn / umap-learn for {' and '.join(missing)}." if missing else ""
+    page.section("Embedding map", figs + f"<p class='note'>Representations h, coloured by class.{extra}</p>")
+
+    same = test[3] == bank[3]  # queries drawn from the bank: each must not find itself
+    n_q, k = min(6, len(h_test)), min(8, len(h_bank) - int(same))
+    if n_q > 0 and k > 0:
+        sims = F.normalize(h_test[:n_q], dim=1) @ F.normalize(h_bank, dim=1).T  # (n_q, N_bank) cosine
+        if same:
+            sims[torch.arange(n_q), torch.arange(n_q)] = -2.0
+        top = sims.topk(k, dim=1)
+        caption = (
+            f"Each row: a test image and its {k} most cosine-similar images (by h) among {len(h_bank)} "
+            "train images, similarity above each; green frame = same class, red = different."
+        )
+        draw = partial(retrieval_figure, test[0][:n_q], test[1], bank[0], bank[1], top.indices, top.values, classes)
+        page.section("Nearest neighbours", page.figure(draw, "retrieval.png", caption))
+
+    caption = "Two views per image with the run's augmentation settings, shown before mean/std normalisation."
+    draw = partial(augmentation_figure, bank[0][:8], cfg.augment, pre.image_size, seed, per_row=2)
+    page.section("Augmented views", page.figure(draw, "augmentations.png", caption))
+    if len(test[0]) >= 2:
+        _health_section(page, pre, test[0], dev, seed)
+
+
+def _health_section(page: _Page, pre, images: Tensor, dev, seed: int) -> None:
+    """Alignment / uniformity / per-dimension std of h and z on two training-style views of ``images``."""
+    from simclr.augment import Augment
+
+    aug = Augment(pre.config.augment, pre.image_size, mean=pre.mean, std=pre.std).to(dev)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    views: list[list[Tensor]] = [[], [], [], []]  # h of view 1, z of view 1, h of view 2, z of view 2
+    with torch.no_grad():
+        for i in range(0, len(images), 256):
+            a, b = aug.two_views(images[i : i + 256].to(dev), g)
+            for out, t in zip(views, (*pre.model(a), *pre.model(b)), strict=True):
+                out.append(t.float().cpu())
+    h1, z1, h2, z2 = (torch.cat(v) for v in views)
+    stats = {"h": health_summary(h1, h2), "z": health_summary(z1, z2)}
+    head = "".join(
+        f"<th>{c}</th>"
+        for c in (
+            "representation",
+            "D",
+            "alignment",
+            "uniformity",
+            "effective rank",
+            "near-zero dims",
+            "total variance",
+        )
+    )
+    rows = "".join(
+        f"<tr><td>{n}</td><td>{s['dim']}</td><td>{s['alignment']:.4f}</td><td>{s['uniformity']:.3f}</td>"
+        f"<td>{s['effective_rank']:.1f}</td><td>{s['near_zero']}</td><td>{s['total_variance']:.3f}</td></tr>"
+        for n, s in stats.items()
+    )
+    lines = "".join(f"<p>{_e(interpret(n, s))}</p>" for n, s in stats.items())
+    note = (
+        f"<p class='note'>Measured on two augmented views of each of {len(images)} sampled test images, network "
+        "in eval mode. h follows a ReLU, so its entries are non-negative and its uniformity cannot reach that of "
+        "z; compare runs rather than absolute values. Lower alignment and lower uniformity are both better "
+        "(Wang &amp; Isola, 2020). Near-zero: a std below a tenth of 1/sqrt(D), the std of a uniform spread.</p>"
+    )
+    figure = page.figure(lambda: health_figure(stats), "health.png")
+    page.section("Representation health", f"<table><tr>{head}</tr>{rows}</table>{lines}{figure}{note}")
+
+
+def report_command(run: str, out: str | None = None, device: str = "auto", max_images: int = 1000) -> int:
+    """``simclr report RUN [--out DIR]``: write the page and print where it is."""
+    path = write_report(run, out, device=device, max_images=max_images)
+    n = len(list(path.parent.glob("*.png")))
+    print(f"simclr report: {path} ({n} figures in {path.parent})")
+    return 0
+
+
+__all__ = [
+    "alignment",
+    "dimension_std",
+    "effective_rank",
+    "health_summary",
+    "interpret",
+    "read_metrics",
+    "report_command",
+    "uniformity",
+    "write_report",
+]
