@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         if isinstance(e, OSError):
             why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise SimCLRError(
-                f"{path}: cannot write checkpoint ({why}); the previous checkpoint is intact"
-            ) from None
+            raise SimCLRError(f"{path}: cannot write checkpoint ({why}); the previous checkpoint is intact") from None
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -55,22 +54,39 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+    _remove_stale_temps(path)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete ``.NAME.*.tmp`` files a killed writer (SIGKILL, power loss) left next to ``path``."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``."""
     path = Path(path)
+    if path.is_dir():
+        raise SimCLRError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise SimCLRError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise SimCLRError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the one error line below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise SimCLRError(
-            f"{path}: refused to load: not a plain-weights checkpoint ({first[:160]})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        # torch's text is a long advice paragraph; the line naming the forbidden global is what matters
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        code = next((line for line in lines if "GLOBAL" in line), None)
+        if code is not None:
+            raise SimCLRError(f"{path}: refused to load: it references Python code ({code[:160]})") from None
+        why = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+        raise SimCLRError(f"{path}: not a readable checkpoint (not a torch.save file: {why[:120]})") from None
+    except Exception as e:  # torch.load raises many types on damaged input (KeyError, IndexError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SimCLRError(f"{path}: not a readable checkpoint ({first[:160]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -91,9 +107,7 @@ def resolve_checkpoint(run_or_file: str | os.PathLike) -> Path:
     return p
 
 
-def load_state_strict(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike
-) -> None:
+def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
     """``load_state_dict`` that reports an architecture mismatch as one line naming ``source``."""
     try:
         module.load_state_dict(state, strict=True)

@@ -8,6 +8,7 @@ overrides. Unknown keys are an error that lists the valid ones; values are check
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -151,6 +152,9 @@ def _preset_text(name: str) -> str:
     return path.read_text()
 
 
+_SCIENTIFIC = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (converting lists to tuples, ints to floats)."""
     origin = typing.get_origin(tp)
@@ -172,6 +176,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise SimCLRError(f"config key {key}: expected a list of {len(args)} numbers, got {value!r}")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
     if tp is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):  # YAML 1.1 reads `1e-6` as a string
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SimCLRError(f"config key {key}: expected a number, got {value!r}")
         return float(value)
@@ -190,6 +196,44 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Values that would otherwise fail deep inside a run (a ZeroDivisionError at the first log line, an unknown
+# schedule only once warmup ends) or silently change it (an unknown precision ran as fp32).
+_AT_LEAST = {
+    "train.batch_size": 1, "train.accumulate": 1, "train.log_every": 1, "train.checkpoint_every": 1,
+    "train.max_bad_steps": 1, "train.max_steps": 1, "train.epochs": 0, "model.projection_dim": 1,
+    "loss.memory_size": 0, "data.workers": 0, "optim.warmup_epochs": 0,
+}  # fmt: skip
+_POSITIVE = {"loss.temperature"}
+_FRACTIONS = {"data.max_bad_fraction", "augment.color_jitter_prob", "augment.grayscale_prob", "augment.blur_prob"}
+_CHOICES = {
+    "train.precision": ("auto", "bf16", "fp32"),
+    "optim.schedule": ("cosine", "constant"),
+    "optim.lr_scaling": ("linear", "sqrt", "none"),
+}
+
+
+def _check_value(value: Any, key: str) -> Any:
+    """Range and choice checks for the keys above; ``value`` has already passed its type check."""
+    if value is None:
+        return value
+    if key in _AT_LEAST and value < _AT_LEAST[key]:
+        raise SimCLRError(f"config key {key}: must be >= {_AT_LEAST[key]}, got {value!r}")
+    if key in _POSITIVE and not value > 0:
+        raise SimCLRError(f"config key {key}: must be > 0, got {value!r}")
+    if key in _FRACTIONS and not 0.0 <= value <= 1.0:
+        raise SimCLRError(f"config key {key}: must be between 0 and 1, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise SimCLRError(f"config key {key}: unknown value {value!r}; use {', '.join(_CHOICES[key])}")
+    if key == "train.device" and value != "auto":
+        import torch
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            raise SimCLRError(f"config key {key}: unknown device {value!r}; use auto, cpu, cuda or cuda:N") from None
+    return value
+
+
 def _merge(obj: Any, data: dict, prefix: str = "") -> None:
     if not isinstance(data, dict):
         raise SimCLRError(f"config section {prefix.rstrip('.') or '<root>'}: expected a mapping, got {data!r}")
@@ -203,7 +247,7 @@ def _merge(obj: Any, data: dict, prefix: str = "") -> None:
         if is_dataclass(current):
             _merge(current, value, prefix=f"{full}.")
         else:
-            setattr(obj, key, _coerce(value, hints[key], full))
+            setattr(obj, key, _check_value(_coerce(value, hints[key], full), full))
 
 
 def _parse_override(text: str) -> dict:

@@ -31,7 +31,7 @@ from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoin
 from simclr.config import Config, config_from_dict, config_to_dict, dump_config
 from simclr.data import ImageData, load_dataset, make_batch_source
 from simclr.data.base import channel_stats
-from simclr.distributed import DistInfo, cleanup, convert_sync_batchnorm, init_distributed
+from simclr.distributed import DistInfo, all_gather_nograd, cleanup, convert_sync_batchnorm, init_distributed
 from simclr.errors import SimCLRError
 from simclr.loss import nt_xent
 from simclr.memory import MemoryQueue, MomentumEncoder
@@ -290,9 +290,12 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         )
 
     def checkpoint() -> None:
+        # Every rank's augmentation stream (a collective, so all ranks call this), so that a resumed run
+        # draws the same views on each rank as the uninterrupted one would have.
+        gen_state = generator.get_state().to(device).unsqueeze(0)
+        gen = [g.cpu() for g in all_gather_nograd(gen_state)]
         if not dist.is_main:
             return
-        gen = [generator.get_state()]
         save_checkpoint(
             {
                 "kind": "pretrain",
