@@ -157,6 +157,72 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from simclr.bench import bench_from_args
+
+    return bench_from_args(args)
+
+
+@command("distill")
+def _distill(args: argparse.Namespace) -> int:
+    from simclr.distill import distill_command
+
+    distill_command(**{k: v for k, v in vars(args).items() if k != "command"})
+    return 0
+
+
+@command("pipeline")
+def _pipeline(args: argparse.Namespace) -> int:
+    from simclr.pipeline import pipeline_command
+
+    return pipeline_command(
+        resolve_config(args),
+        args.out,
+        fractions=args.fractions,
+        pretrain_epochs=args.pretrain_epochs,
+        finetune_epochs=args.finetune_epochs,
+        distill_epochs=args.distill_epochs,
+        distill_init=args.distill_init,
+        quick=args.quick,
+        seed=args.seed,
+    )
+
+
+@command("report")
+def _report(args: argparse.Namespace) -> int:
+    from simclr.report import report_command
+
+    return report_command(args.run, out=args.out, device=args.device, max_images=args.max_images)
+
+
+@command("export")
+def _export(args: argparse.Namespace) -> int:
+    from simclr.export import export_command
+
+    return export_command(args.run, out=args.out, onnx=args.onnx)
+
+
+@command("embed")
+def _embed(args: argparse.Namespace) -> int:
+    from simclr.embed import embed_command
+
+    return embed_command(
+        args.run, data=args.data, dataset=args.dataset, out=args.out, which=args.which,
+        batch_size=args.batch_size, device=args.device, split=args.split,
+    )  # fmt: skip
+
+
+@command("show-augmentations")
+def _show_augmentations(args: argparse.Namespace) -> int:
+    from simclr.preview import show_augmentations_command
+
+    return show_augmentations_command(
+        preset=args.preset, config=args.config, data=args.data, dataset=args.dataset, out=args.out, n=args.n,
+        overrides=args.overrides, seed=args.seed, split=args.split,
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simclr", description="SimCLR / SimCLRv2: pretrain, evaluate, fine-tune, distill."
@@ -209,6 +275,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["lars", "sgd"])
 
+    from simclr.bench import add_bench_parser
+    from simclr.distill import add_distill_parser
+    from simclr.pipeline import add_pipeline_parser
+
+    add_distill_parser(sub)
+    add_bench_parser(sub)
+    add_pipeline_parser(sub, _config_args)
+
+    p = sub.add_parser("report", help="HTML report with plots: training curves, embeddings, retrieval, health")
+    p.add_argument("run", help="pretraining run folder or pipeline folder")
+    p.add_argument("--out", help="report folder (default: RUN/report)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-images", type=int, default=1000, help="test images embedded for the plots")
+
+    p = sub.add_parser("export", help="encoder as safetensors + JSON (and ONNX with --onnx)")
+    p.add_argument("run", help="pretraining run folder or checkpoint")
+    p.add_argument("--out", help="export folder (default: RUN/export)")
+    p.add_argument("--onnx", action="store_true", help="also write encoder.onnx (needs the onnx package)")
+
+    p = sub.add_parser("embed", help="write embeddings (h or z) with names and labels to .npy + .csv")
+    p.add_argument("run", help="pretraining run folder or checkpoint")
+    p.add_argument("--data", help="dataset path (default: the run's)")
+    p.add_argument("--dataset", help="dataset kind (default: the run's)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="output file stem (FILE.npy, FILE.csv)")
+    p.add_argument("--which", choices=["h", "z"], default="h", help="representation h or projection z")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("show-augmentations", help="PNG grid of image / view 1 / view 2 for a preset and data")
+    _config_args(p)
+    p.add_argument("--out", default="augmentations.png")
+    p.add_argument("-n", type=int, default=8, help="number of images (rows)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train")
     return parser
 
 

@@ -198,6 +198,11 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         t = cfg.train
     elif ckpt_path.exists():
         raise SimCLRError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    if t.accumulate != 1:
+        raise SimCLRError(
+            "train.accumulate: plain gradient accumulation would shrink the contrastive batch; it is not "
+            "supported (gradient caching, simclr.gradcache, is the exact alternative)"
+        )
     if t.batch_size % dist.world_size:
         raise SimCLRError(f"train.batch_size={t.batch_size} is not divisible by the {dist.world_size} ranks")
     if t.deterministic:
@@ -370,11 +375,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                 else:
                     optimizer.zero_grad(set_to_none=True)
                     total.backward()
-                    grads_ok = (
-                        all(torch.isfinite(p.grad).all() for p in module.parameters() if p.grad is not None)
-                        if device.type == "cpu"
-                        else True
-                    )
+                    # One fused norm over all gradients: non-finite if any element is (a single host sync).
+                    grads = [p.grad for p in module.parameters() if p.grad is not None]
+                    grads_ok = bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
                     if grads_ok:
                         optimizer.step()
                         state.bad_steps = 0

@@ -1,0 +1,425 @@
+"""The SimCLRv2 semi-supervised pipeline in one command (v2 section 2, Figure 3; SPEC 8-9).
+
+``run_pipeline(config, out)`` runs, each stage into its own folder of ``out``:
+
+1. ``pretrain/`` — contrastive pretraining (:func:`simclr.engine.pretrain`);
+2. ``linear-eval/`` — linear evaluation of the frozen encoder (``fast`` mode, all labels);
+3. for each label fraction F (default 1 % and 10 %): ``finetune-<F>/`` (fine-tuning of the pretrained
+   network on the subset), ``scratch-<F>/`` (the supervised baseline: the same network and labels, random
+   init), ``distill-<F>/`` (self-distillation of the fine-tuned teacher into a student of the same size on
+   the unlabeled train images, no labels read);
+4. ``results.md`` / ``results.json`` — one table in the paper's layout (rows: models, columns: label
+   fractions, cells: top-1 (top-5) on the test split, each linked to its ``metrics.json`` and card), and the
+   report when :mod:`simclr.report` is installed.
+
+Folder names spell the fraction without ``%`` (``finetune-1pct``). A stage whose ``metrics.json`` exists is
+skipped, so a stopped pipeline continues where it stopped; pretraining resumes from its last checkpoint and
+distillation from its last epoch. Delete a stage's folder to run it again.
+
+Defaults are sized for small datasets on a CPU (the README demo: Fashion-MNIST, about 20 minutes on two
+cores, 10 of them pretraining). They are short, documented stand-ins for the paper's schedules:
+
+- fine-tuning and the scratch baseline: batch min(256, n / 5), enough epochs for ``finetune_steps`` = 150
+  optimizer steps (1 % of Fashion-MNIST: 30 epochs of 5 steps; 10 %: 7 epochs of 23 steps), evaluated after
+  the last epoch; the optimizers and learning rates are :func:`~simclr.eval.finetune.finetune`'s;
+- distillation: 3 epochs over a fixed random subset of 16,384 unlabeled train images, the student starting
+  from the pretrained network (a student from scratch needs the paper's hundreds of epochs), tau 0.1,
+  alpha 1; ``--distill-init scratch`` for the paper's setting.
+
+``quick=True`` shrinks every stage to a few steps (smoke tests, CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simclr.config import Config
+from simclr.errors import SimCLRError
+
+ROWS = (  # (key, row name), in the table's order
+    ("scratch", "supervised (scratch)"),
+    ("linear", "linear eval"),
+    ("finetune", "SimCLR fine-tune"),
+    ("distill", "SimCLR distilled"),
+)
+
+
+@dataclass
+class PipelineOptions:
+    """Per-stage settings of :func:`run_pipeline` (None = the module docstring's default)."""
+
+    fractions: tuple[str, ...] = ("1%", "10%")
+    pretrain_epochs: int | None = None  # None = the config's train.epochs
+    finetune_epochs: int | None = None  # None = enough for finetune_steps
+    finetune_steps: int = 150
+    finetune_batch: int = 256
+    distill_epochs: int = 3
+    distill_unlabeled: int | None = 16384  # None = the whole train split
+    distill_init: str = "pretrained"  # pretrained | scratch
+    distill_temperature: float | None = None  # None = 0.1 (self-distillation)
+    distill_alpha: float = 1.0
+    linear_epochs: int | None = None  # fast linear eval; None = its default (100)
+    quick: bool = False
+    seed: int = 0
+
+
+def fraction_tag(spec: str) -> str:
+    """Folder-safe name of a label spec: ``1%`` -> ``1pct``, ``13-per-class`` unchanged, a file -> its stem."""
+    spec = spec.strip()
+    if spec.endswith("%"):
+        return spec[:-1].strip() + "pct"
+    if Path(spec).is_file():
+        spec = Path(spec).stem
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", spec).strip("_")
+
+
+def parse_fractions(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``"1%,10%,100%"`` -> ``("1%", "10%", "100%")``, each checked as a label spec."""
+    from simclr.eval.subsets import parse_spec
+
+    items = text.split(",") if isinstance(text, str) else list(text)
+    fractions = tuple(s.strip() for s in items if s.strip())
+    if not fractions:
+        raise SimCLRError("--fractions: give at least one label fraction, e.g. 1%,10%")
+    for spec in fractions:
+        parse_spec(spec)
+    if len({fraction_tag(s) for s in fractions}) != len(fractions):
+        raise SimCLRError(f"--fractions {','.join(fractions)}: two fractions share a folder name")
+    return fractions
+
+
+def _quick(cfg: Config, o: PipelineOptions) -> None:
+    """A few steps per stage: enough to exercise every code path in seconds."""
+    cfg.train.epochs = o.pretrain_epochs or 1
+    cfg.train.max_steps = 3
+    cfg.train.batch_size = min(cfg.train.batch_size, 32)
+    cfg.train.log_every = 1
+    cfg.monitor.knn = False
+    o.finetune_epochs = o.finetune_epochs or 1
+    o.finetune_batch = min(o.finetune_batch, 16)
+    o.distill_epochs = 1 if o.distill_epochs == PipelineOptions.distill_epochs else o.distill_epochs
+    o.distill_unlabeled = min(o.distill_unlabeled or 10**9, 64)
+    o.linear_epochs = o.linear_epochs or 5
+
+
+def _stage(out: Path, name: str, run: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+    """``run(out_dir=out/name, **kwargs)`` unless ``out/name/metrics.json`` exists; returns the metrics."""
+    folder = out / name
+    metrics = folder / "metrics.json"
+    if metrics.is_file():
+        print(f"pipeline: {name}: done before ({metrics}), skipped", flush=True)
+        return json.loads(metrics.read_text())
+    print(f"pipeline: {name} ...", flush=True)
+    t0 = time.perf_counter()
+    result = run(out_dir=folder, **kwargs)
+    print(f"pipeline: {name}: top-1 {result['top1']:.2f} % ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return result
+
+
+def _distill_stage(out_dir: Path, teacher_dir: Path, device: Any, **kwargs: Any) -> dict[str, Any]:
+    """Distillation from ``teacher_dir``, resumed from its last epoch when a checkpoint is there."""
+    from simclr.distill import Teacher, distill
+
+    resume = (out_dir / "checkpoints" / "last.pt").is_file()
+    return distill(Teacher(teacher_dir, device), device=device, out_dir=out_dir, resume=resume, **kwargs)
+
+
+def _pretrain_stage(cfg: Config, folder: Path) -> dict[str, Any]:
+    """Pretraining, skipped when finished, resumed from ``checkpoints/last.pt`` when stopped."""
+    from simclr.engine import pretrain
+
+    summary = folder / "summary.json"
+    if summary.is_file():
+        done = json.loads(summary.read_text())
+        if done.get("status") == "finished":
+            print(f"pipeline: pretrain: done before ({summary}), skipped", flush=True)
+            return done
+    resume = (folder / "checkpoints" / "last.pt").is_file()
+    print(f"pipeline: pretrain{' (resumed)' if resume else ''} ...", flush=True)
+    return pretrain(cfg, folder, resume=resume)
+
+
+def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | None = None) -> dict[str, Any]:
+    """Pretrain, evaluate, fine-tune, train the baselines, distil; write ``results.md`` / ``results.json``.
+
+    ``config``: the pretraining configuration (preset, data, overrides); ``out``: the pipeline folder.
+    Returns the results dict (``rows`` of cells with top-1 / top-5 and the path of their metrics), or
+    ``{"status": "interrupted"}`` when pretraining was stopped by a signal (run again to resume).
+    """
+    from simclr.checkpoint import load_pretrained
+    from simclr.distill import DistillOptions
+    from simclr.eval.features import load_eval_data, resolve_device, scaled_batch_size
+    from simclr.eval.finetune import finetune
+    from simclr.eval.linear import linear_eval
+    from simclr.eval.subsets import select_labels
+
+    t0 = time.perf_counter()
+    o = dataclasses.replace(options) if options is not None else PipelineOptions()
+    o.fractions = parse_fractions(o.fractions)
+    if o.distill_init not in ("pretrained", "scratch"):
+        raise SimCLRError(f"distill_init {o.distill_init!r}: use pretrained or scratch")
+    cfg = dataclasses.replace(
+        config, train=dataclasses.replace(config.train), monitor=dataclasses.replace(config.monitor)
+    )
+    if o.pretrain_epochs is not None:
+        cfg.train.epochs = o.pretrain_epochs
+    if o.quick:
+        _quick(cfg, o)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _record_options(out, o)
+
+    summary = _pretrain_stage(cfg, out / "pretrain")
+    if summary.get("status") == "interrupted":
+        print("pipeline: pretraining interrupted; run the same command again to resume", flush=True)
+        return {"status": "interrupted"}
+    device = resolve_device(cfg.train.device)
+    pre = load_pretrained(out / "pretrain", device)
+    train, test, name = load_eval_data(pre.config)
+    unlabeled = dataclasses.replace(train, labels=None)  # what distillation sees with alpha = 1
+    results: dict[str, dict[str, dict[str, Any]]] = {key: {} for key, _ in ROWS}
+
+    results["linear"]["100%"] = _stage(
+        out,
+        "linear-eval",
+        linear_eval,
+        pretrained=pre,
+        train=train,
+        test=test,
+        mode="fast",
+        epochs=o.linear_epochs,
+        seed=o.seed,
+        device=device,
+        dataset=name,
+    )
+    for frac in o.fractions:
+        tag = fraction_tag(frac)
+        n = len(select_labels(train.labels, frac, o.seed, train.names))
+        batch = scaled_batch_size(n, o.finetune_batch)
+        epochs = o.finetune_epochs or math.ceil(o.finetune_steps / max(1, n // batch))
+        common = dict(
+            train=train,
+            test=test,
+            labels_spec=frac,
+            epochs=epochs,
+            batch_size=batch,
+            seed=o.seed,
+            device=device,
+            eval_every=epochs,
+            dataset=name,
+        )
+        results["finetune"][frac] = _stage(out, f"finetune-{tag}", finetune, init=pre, **common)
+        results["scratch"][frac] = _stage(out, f"scratch-{tag}", finetune, init=None, config=pre.config, **common)
+        dopts = DistillOptions(
+            temperature=o.distill_temperature,
+            alpha=o.distill_alpha,
+            epochs=o.distill_epochs,
+            max_unlabeled=o.distill_unlabeled,
+            seed=o.seed,
+            batch_size=16 if o.quick else None,
+        )
+        results["distill"][frac] = _stage(
+            out,
+            f"distill-{tag}",
+            _distill_stage,
+            teacher_dir=out / f"finetune-{tag}",
+            device=device,
+            train=unlabeled if o.distill_alpha >= 1 else train,
+            test=test,
+            options=dopts,
+            student_init=pre if o.distill_init == "pretrained" else None,
+            dataset=name,
+        )
+
+    table = write_results(out, results, o.fractions, pre, name, summary, time.perf_counter() - t0)
+    print(f"pipeline: results table -> {out / 'results.md'} (and results.json)", flush=True)
+    try:
+        from simclr.report import write_report
+    except ImportError:
+        pass
+    else:
+        where = write_report(out)
+        print(f"pipeline: report -> {where or out}", flush=True)
+    return table
+
+
+def _record_options(out: Path, o: PipelineOptions) -> None:
+    """Keep the options in ``pipeline.json``; say so when a re-run asks for different ones."""
+    path = out / "pipeline.json"
+    now = dataclasses.asdict(o)
+    now["fractions"] = list(o.fractions)
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in now if before.get(k) != now[k] and k != "fractions")
+        if changed:
+            print(
+                f"pipeline: note: options {', '.join(changed)} differ from the first run in {out}; "
+                "finished stages are kept (delete a stage's folder to redo it)",
+                flush=True,
+            )
+    path.write_text(json.dumps(now, indent=2) + "\n")
+
+
+def _cell(result: dict[str, Any], metrics: str) -> dict[str, Any]:
+    card = result.get("card", {})
+    keep = (
+        "protocol",
+        "label_fraction",
+        "subset_hash",
+        "seed",
+        "epochs",
+        "batch_size",
+        "checkpoint_sha256",
+        "device",
+        "wall_clock_s",
+        "date_utc",
+    )
+    return {"top1": result["top1"], "top5": result["top5"], "metrics": metrics, "card": {k: card.get(k) for k in keep}}
+
+
+def write_results(
+    out: Path,
+    results: dict[str, dict[str, dict[str, Any]]],
+    fractions: tuple[str, ...],
+    pre: Any,
+    dataset: str,
+    summary: dict[str, Any],
+    wall_clock_s: float,
+) -> dict[str, Any]:
+    """``results.json`` and ``results.md``: rows = models, columns = label fractions, top-1 (top-5)."""
+    from simclr.eval.card import write_json_atomic
+
+    columns = list(fractions) + ([] if "100%" in fractions else ["100%"])
+    folders = {"scratch": "scratch-{}", "linear": "linear-eval", "finetune": "finetune-{}", "distill": "distill-{}"}
+    rows = []
+    for key, label in ROWS:
+        cells = {}
+        for col, result in results[key].items():
+            metrics = f"{folders[key].format(fraction_tag(col))}/metrics.json"
+            cells[col] = _cell(result, metrics)
+        rows.append({"key": key, "name": label, "cells": cells})
+    m = pre.config.model
+    table = {
+        "dataset": dataset,
+        "preset": pre.config.name,
+        "encoder": {
+            "arch": m.arch,
+            "width_multiplier": m.width_multiplier,
+            "sk_ratio": m.sk_ratio,
+            "head_layers": m.head_layers,
+        },
+        "pretrain": {k: summary.get(k) for k in ("status", "steps", "epochs", "device")},
+        "pretrain_checkpoint_sha256": pre.sha256,
+        "columns": columns,
+        "rows": rows,
+        "metric": "top-1 (top-5) accuracy, percent, test split",
+        "wall_clock_s": round(wall_clock_s, 1),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json_atomic(out / "results.json", table)
+    (out / "results.md").write_text(format_results(table))
+    return table
+
+
+def format_results(table: dict[str, Any]) -> str:
+    """The Markdown table of ``results.json``: each cell links to the ``metrics.json`` holding its card."""
+    enc = table["encoder"]
+    lines = [
+        f"# SimCLR pipeline: {table['dataset']} ({table['preset']})",
+        "",
+        f"Encoder {enc['arch']} x{enc['width_multiplier']:g}, {enc['head_layers']}-layer projection head; "
+        f"pretraining {table['pretrain']['epochs']} epochs ({table['pretrain']['steps']} steps). "
+        f"Cells: top-1 (top-5) accuracy in % on the test split; columns: share of the train labels used "
+        f"(linear eval uses all of them). Each cell links to its metrics.json and evaluation card.",
+        "",
+        "| model | " + " | ".join(f"{c} labels" for c in table["columns"]) + " |",
+        "|---|" + "---:|" * len(table["columns"]),
+    ]
+    for row in table["rows"]:
+        cells = []
+        for col in table["columns"]:
+            c = row["cells"].get(col)
+            cells.append(f"[{c['top1']:.2f} ({c['top5']:.2f})]({c['metrics']})" if c else "-")
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Evaluation cards", ""]
+    for row in table["rows"]:
+        for col, c in row["cells"].items():
+            card = c["card"]
+            sha = (card.get("checkpoint_sha256") or "none")[:12]
+            lines.append(
+                f"- {row['name']}, {col}: [{c['metrics']}]({c['metrics']}): protocol {card.get('protocol')}, "
+                f"label fraction {card.get('label_fraction')}, subset {card.get('subset_hash')}, "
+                f"seed {card.get('seed')}, {card.get('epochs')} epochs, batch {card.get('batch_size')}, "
+                f"checkpoint {sha}, {card.get('device')}, {card.get('wall_clock_s')} s"
+            )
+    lines += ["", f"Total wall-clock time {table['wall_clock_s']:.0f} s; written {table['date_utc']}.", ""]
+    return "\n".join(lines)
+
+
+def pipeline_command(
+    config: Config,
+    out: str | None,
+    fractions: str = "1%,10%",
+    pretrain_epochs: int | None = None,
+    finetune_epochs: int | None = None,
+    distill_epochs: int | None = None,
+    distill_init: str = "pretrained",
+    quick: bool = False,
+    seed: int = 0,
+) -> int:
+    """``simclr pipeline --preset P --data D --out DIR``: :func:`run_pipeline`; exit status 130 if stopped."""
+    if not out:
+        raise SimCLRError("simclr pipeline: --out DIR is required")
+    o = PipelineOptions(
+        fractions=parse_fractions(fractions),
+        pretrain_epochs=pretrain_epochs,
+        finetune_epochs=finetune_epochs,
+        distill_init=distill_init,
+        quick=quick,
+        seed=seed,
+    )
+    if distill_epochs is not None:
+        o.distill_epochs = distill_epochs
+    result = run_pipeline(config, out, o)
+    return 130 if result.get("status") == "interrupted" else 0
+
+
+def add_pipeline_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    """The ``pipeline`` sub-command; ``config_args`` adds the shared --preset/--config/--data/--set options."""
+    p = sub.add_parser("pipeline", help="pretrain -> linear eval -> fine-tune + baseline -> distill -> table")
+    config_args(p)
+    p.add_argument("--out", help="pipeline folder (one sub-folder per stage, results.md)")
+    p.add_argument("--fractions", default="1%,10%", help="label fractions, e.g. 1%%,10%%,100%% (default 1%%,10%%)")
+    p.add_argument("--pretrain-epochs", type=int, help="override the preset's pretraining epochs")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tune / baseline epochs (default: 150 steps)")
+    p.add_argument("--distill-epochs", type=int, help="distillation epochs (default 3)")
+    p.add_argument(
+        "--distill-init",
+        choices=["pretrained", "scratch"],
+        default="pretrained",
+        help="student start: the pretrained network (default) or random weights (the paper)",
+    )
+    p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
+    p.add_argument("--seed", type=int, default=0, help="label subsets and evaluation seed")
+    return p
+
+
+__all__ = [
+    "PipelineOptions",
+    "add_pipeline_parser",
+    "fraction_tag",
+    "format_results",
+    "parse_fractions",
+    "pipeline_command",
+    "run_pipeline",
+    "write_results",
+]

@@ -1,0 +1,170 @@
+"""The three-stage pipeline: tiny synthetic .npz data, --quick, results table, stage skipping, CLI wiring."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+
+import numpy as np
+import pytest
+
+from simclr.config import load_config
+from simclr.errors import SimCLRError
+from simclr.pipeline import (
+    PipelineOptions,
+    add_pipeline_parser,
+    fraction_tag,
+    parse_fractions,
+    pipeline_command,
+    run_pipeline,
+)
+
+SIZE, CLASSES = 16, 4
+
+
+def write_npz(path, n_train: int = 96, n_test: int = 32):
+    rng = np.random.default_rng(0)
+
+    def arrays(n):
+        labels = np.arange(n) % CLASSES
+        images = 40 + 50 * labels[:, None, None] + rng.normal(0, 20, (n, SIZE, SIZE))
+        return images.clip(0, 255).astype(np.uint8), labels
+
+    (x, y), (xt, yt) = arrays(n_train), arrays(n_test)
+    np.savez(path, images=x, labels=y, test_images=xt, test_labels=yt)
+    return path
+
+
+def tiny_config(npz):
+    return load_config(
+        preset="fashion-mnist",
+        overrides=[
+            "data.dataset=npz",
+            f"data.path={npz}",
+            "model.width_multiplier=0.125",
+            "model.projection_dim=16",
+            "train.device=cpu",
+        ],
+    )
+
+
+def test_fraction_names():
+    assert parse_fractions("1%, 10%,100%") == ("1%", "10%", "100%")
+    assert [fraction_tag(s) for s in ("1%", "0.5%", "13-per-class")] == ["1pct", "0.5pct", "13-per-class"]
+    with pytest.raises(SimCLRError, match="not a percentage"):
+        parse_fractions("1%,ten")
+    with pytest.raises(SimCLRError, match="at least one"):
+        parse_fractions(" , ")
+
+
+def test_pipeline_quick_end_to_end_and_skips_finished_stages(tmp_path, capsys):
+    npz = write_npz(tmp_path / "tiny.npz")
+    out = tmp_path / "pipe"
+    opts = PipelineOptions(fractions=("25%", "50%"), quick=True)
+    table = run_pipeline(tiny_config(npz), out, opts)
+
+    stages = ["pretrain", "linear-eval"] + [
+        f"{s}-{f}" for f in ("25pct", "50pct") for s in ("finetune", "scratch", "distill")
+    ]
+    for stage in stages[1:]:
+        assert (out / stage / "metrics.json").is_file(), stage
+    assert (out / "pretrain" / "summary.json").is_file()
+    assert table["columns"] == ["25%", "50%", "100%"]
+    names = [r["name"] for r in table["rows"]]
+    assert names == ["supervised (scratch)", "linear eval", "SimCLR fine-tune", "SimCLR distilled"]
+    rows = {r["key"]: r["cells"] for r in table["rows"]}
+    assert set(rows["linear"]) == {"100%"} and set(rows["finetune"]) == {"25%", "50%"}
+    assert rows["distill"]["25%"]["metrics"] == "distill-25pct/metrics.json"
+    assert rows["finetune"]["25%"]["card"]["subset_hash"] == rows["scratch"]["25%"]["card"]["subset_hash"]
+    distilled = json.loads((out / "distill-25pct" / "metrics.json").read_text())
+    assert distilled["self_distillation"] and distilled["n_labelled"] == 0  # no labels read by the student
+    assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(table["rows"]))
+
+    md = (out / "results.md").read_text()
+    assert "| model | 25% labels | 50% labels | 100% labels |" in md
+    for name in names:
+        assert f"| {name} |" in md
+    cell = rows["finetune"]["50%"]
+    assert f"[{cell['top1']:.2f} ({cell['top5']:.2f})](finetune-50pct/metrics.json)" in md
+    assert "| linear eval | - | - | [" in md
+    assert "Evaluation cards" in md
+
+    # A second run skips every finished stage and rewrites the same table.
+    mtimes = {s: (out / s / "metrics.json").stat().st_mtime_ns for s in stages[1:]}
+    capsys.readouterr()
+    again = run_pipeline(tiny_config(npz), out, opts)
+    log = capsys.readouterr().out
+    assert log.count("skipped") == len(stages)
+    assert all((out / s / "metrics.json").stat().st_mtime_ns == mtimes[s] for s in stages[1:])
+    assert again["rows"] == table["rows"]
+
+    # A missing stage output is redone, and a pretraining without its summary resumes from its checkpoint.
+    (out / "distill-50pct" / "metrics.json").unlink()
+    (out / "pretrain" / "summary.json").unlink()
+    run_pipeline(tiny_config(npz), out, opts)
+    log = capsys.readouterr().out
+    assert "pretrain (resumed)" in log and "distill-50pct ..." in log
+    assert (out / "distill-50pct" / "metrics.json").is_file()
+
+
+def test_cli_parser_matches_command(tmp_path):
+    def config_args(p):
+        p.add_argument("--preset")
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_pipeline_parser(sub, config_args)
+    args = parser.parse_args(
+        [
+            "pipeline",
+            "--preset",
+            "fashion-mnist",
+            "--out",
+            "x",
+            "--fractions",
+            "1%,100%",
+            "--pretrain-epochs",
+            "2",
+            "--finetune-epochs",
+            "3",
+            "--distill-epochs",
+            "1",
+            "--quick",
+        ]
+    )
+    assert args.fractions == "1%,100%" and args.pretrain_epochs == 2 and args.quick
+    params = set(inspect.signature(pipeline_command).parameters)
+    wanted = {k for k in vars(args) if k not in ("command", "preset")}
+    assert wanted <= params, wanted - params
+    with pytest.raises(SimCLRError, match="--out"):
+        pipeline_command(load_config(preset="fashion-mnist"), None)
+
+    from simclr.distill import add_distill_parser, distill_command
+
+    add_distill_parser(sub)
+    args = parser.parse_args(
+        [
+            "distill",
+            "--teacher",
+            "T",
+            "--student",
+            "resnet18",
+            "--student-width",
+            "0.25",
+            "--alpha",
+            "0.9",
+            "--no-augment",
+            "--cache-teacher",
+            "--temperature",
+            "1",
+        ]
+    )
+    kwargs = {k: v for k, v in vars(args).items() if k != "command"}
+    inspect.signature(distill_command).bind(**kwargs)  # every option is a keyword of the command
+    from simclr.distill import DistillOptions
+
+    fields = set(DistillOptions.__dataclass_fields__)
+    command_params = set(inspect.signature(distill_command).parameters) - {"options"}
+    assert set(kwargs) <= fields | command_params, set(kwargs) - fields - command_params
+    assert not kwargs["augment"] and kwargs["cache_teacher"] and kwargs["student_width"] == 0.25
