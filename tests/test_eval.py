@@ -344,3 +344,26 @@ def test_evaluation_card_and_atomic_write(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["top1"] == "nan"
     with pytest.raises(ValueError):
         write_metrics(tmp_path, {"top1": 1.0})
+
+
+def test_random_baseline_calibrates_batchnorm_to_the_data():
+    """The random-encoder baseline sets BN running statistics to the data's, leaving weights untouched."""
+    from torch import nn as _nn
+
+    from simclr.eval.linear import _calibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = _nn.Sequential(_nn.Conv2d(3, 4, 3, bias=False), _nn.BatchNorm2d(4))
+    weight = net[0].weight.detach().clone()
+    images = torch.randint(0, 256, (1024, 3, 8, 8), dtype=torch.uint8)  # two equal batches of 512
+
+    def transform(x):
+        return x.float() / 255.0
+
+    _calibrate_batchnorm(net, images, transform, "cpu", seed=0)
+    with torch.no_grad():
+        out = net[0](transform(images))
+    expected_mean = out.mean(dim=(0, 2, 3))
+    assert torch.allclose(net[1].running_mean, expected_mean, atol=1e-4)
+    assert torch.equal(net[0].weight, weight)
+    assert not net.training

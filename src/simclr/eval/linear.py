@@ -279,12 +279,32 @@ def linear_eval(
     return result
 
 
+@torch.no_grad()
+def _calibrate_batchnorm(model: nn.Module, images: Tensor, transform: nn.Module, device, seed: int) -> None:
+    """Set BN running statistics to the data's (cumulative average over ~10k images); weights untouched.
+
+    A random network's BN layers hold the initial statistics (mean 0, var 1), which in eval mode leave its
+    activations unnormalised; calibrating them is what makes "random encoder" a fair baseline.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    model.train()
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(images), generator=gen)[:10240]
+    for start in range(0, len(idx), 512):
+        model(transform(images[idx[start : start + 512]].to(device)))
+    model.eval()
+
+
 def fast_baselines(
     pretrained: Pretrained, train: Any, test: Any, seed: int = 0, device: str | torch.device = "cpu"
 ) -> dict[str, dict[str, float]]:
     """The references a fast linear eval is read against, with the same probe and preprocessing.
 
-    ``random_encoder``: the same architecture at its random initialisation (seeded), frozen;
+    ``random_encoder``: the same architecture at its random initialisation (seeded), frozen, with its BN
+    statistics calibrated on the training images;
     ``raw_pixels``: a logistic regression on the preprocessed pixels themselves. Returns top-1/top-5 (%).
     """
     from simclr.checkpoint import Pretrained as _P
@@ -297,8 +317,9 @@ def fast_baselines(
         random_model, pretrained.config, pretrained.image_size, pretrained.mean, pretrained.std, pretrained.path, {}
     )
     random_pre._sha = "random-init"
-    rnd = linear_eval(random_pre, train, test, mode="fast", seed=seed, device=device)
     transform = eval_transform_for(pretrained.config, pretrained.image_size, pretrained.mean, pretrained.std)
+    _calibrate_batchnorm(random_model.to(device), train.images, transform, device, seed)
+    rnd = linear_eval(random_pre, train, test, mode="fast", seed=seed, device=device)
     flat = nn.Flatten()
     num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
     tr = extract_features(flat, train.images, transform, 1024, device, desc="raw train")
