@@ -160,10 +160,7 @@ def test_colour_ops_match_numpy(op, ref, factors):
 def test_contrast_per_channel_matches_numpy():
     x, f = rand_images(), torch.tensor([0.2, 0.9, 1.3, 1.8])
     want = np.stack(
-        [
-            np_contrast(img, fb, per_channel=True)
-            for img, fb in zip(x.double().numpy(), f.tolist(), strict=True)
-        ]
+        [np_contrast(img, fb, per_channel=True) for img, fb in zip(x.double().numpy(), f.tolist(), strict=True)]
     )
     np.testing.assert_allclose(adjust_contrast(x, f, per_channel=True).numpy(), want, atol=1e-6)
 
@@ -182,9 +179,7 @@ def test_blend_covers_the_three_linear_ops_and_identity_is_exact():
     f = torch.tensor([0.3, 0.8, 1.2, 1.7])
     one, zero = torch.ones(4), torch.zeros(4)
     torch.testing.assert_close(blend_(x.clone(), f, zero, zero, zero), adjust_brightness(x, f))
-    torch.testing.assert_close(
-        blend_(x.clone(), one, zero, zero, f - 1), adjust_brightness_additive(x, f - 1)
-    )
+    torch.testing.assert_close(blend_(x.clone(), one, zero, zero, f - 1), adjust_brightness_additive(x, f - 1))
     torch.testing.assert_close(blend_(x.clone(), f, zero, 1 - f, zero), adjust_contrast(x, f))
     torch.testing.assert_close(blend_(x.clone(), f, 1 - f, zero, zero), adjust_saturation(x, f))
     assert torch.equal(blend_(x.clone(), one, zero, zero, zero), x)
@@ -203,9 +198,7 @@ def test_blur_matches_numpy_convolution(method, padding):
     x = rand_images(b=3, h=9, w=11)
     sigma = torch.tensor([0.1, 0.9, 2.0])
     got = gaussian_blur(x, sigma, 5, padding=padding, method=method)
-    want = np.stack(
-        [np_blur(img, s, 5, padding) for img, s in zip(x.double().numpy(), sigma.tolist(), strict=True)]
-    )
+    want = np.stack([np_blur(img, s, 5, padding) for img, s in zip(x.double().numpy(), sigma.tolist(), strict=True)])
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
 
@@ -435,9 +428,7 @@ def test_output_shape_dtype_device_and_determinism():
     x = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
     aug = Augment(AugmentConfig(), out_size=24)
     v = aug(x, torch.Generator().manual_seed(0))
-    assert (
-        v.shape == (6, 3, 24, 24) and v.dtype == torch.float32 and v.device == x.device and v.is_contiguous()
-    )
+    assert v.shape == (6, 3, 24, 24) and v.dtype == torch.float32 and v.device == x.device and v.is_contiguous()
     assert torch.equal(v, aug(x, torch.Generator().manual_seed(0)))
     assert not torch.equal(v, aug(x, torch.Generator().manual_seed(1)))
     v1, v2 = aug.two_views(x, torch.Generator().manual_seed(0))
@@ -510,9 +501,7 @@ def test_eval_transform_centre_crop_resize_normalise():
     # also read pixels outside the crop, within the filter's support)
     small = EvalTransform(20, crop_fraction=0.875, normalize=False)(x)
     for b in range(2):
-        cropped = np.ascontiguousarray(
-            x[b, 0, top : top + side, left : left + side].numpy().astype(np.float32)
-        )
+        cropped = np.ascontiguousarray(x[b, 0, top : top + side, left : left + side].numpy().astype(np.float32))
         pil = Image.fromarray(cropped, mode="F").resize((20, 20), Image.Resampling.BILINEAR)
         np.testing.assert_allclose(small[b, 0].numpy(), np.asarray(pil) / 255, atol=1e-5)
     y = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)

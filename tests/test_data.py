@@ -90,9 +90,7 @@ def make_stl(root: Path, train: np.ndarray, unlabeled: int = 3) -> Path:
     for split in ("train", "test"):
         (folder / f"{split}_X.bin").write_bytes(column_major.tobytes())
         (folder / f"{split}_y.bin").write_bytes((np.arange(len(train)) % 10 + 1).astype(np.uint8).tobytes())
-    (folder / "unlabeled_X.bin").write_bytes(
-        RNG.integers(0, 256, unlabeled * 3 * 96 * 96, dtype=np.uint8).tobytes()
-    )
+    (folder / "unlabeled_X.bin").write_bytes(RNG.integers(0, 256, unlabeled * 3 * 96 * 96, dtype=np.uint8).tobytes())
     return folder
 
 
@@ -191,11 +189,7 @@ def test_real_fashion_mnist_is_fast():
     data = load_dataset("fashion-mnist")  # the default location
     elapsed = time.perf_counter() - start
     assert data.images.shape == (60000, 1, 28, 28) and data.images.dtype == torch.uint8
-    assert (
-        data.labels.min() == 0
-        and data.labels.max() == 9
-        and torch.bincount(data.labels).tolist() == [6000] * 10
-    )
+    assert data.labels.min() == 0 and data.labels.max() == 9 and torch.bincount(data.labels).tolist() == [6000] * 10
     assert elapsed < 2.0, f"reading Fashion-MNIST took {elapsed:.2f} s"
     mean, std = channel_stats(data.images)
     assert abs(mean[0] - dataset_stats("fashion-mnist")[0][0]) < 0.005
@@ -376,9 +370,7 @@ def test_folder_split_subfolders(tmp_path):
         (tmp_path / split / "a").mkdir(parents=True)
         solid("RGB", (8, 8), (1, 2, 3)).save(tmp_path / split / "a" / "x.png")
     assert load_dataset("folder", tmp_path, split="test", image_size=8).names == ["a/x.png"]
-    assert open_folder_stream(tmp_path, split="test", image_size=8).files == [
-        tmp_path / "val" / "a" / "x.png"
-    ]
+    assert open_folder_stream(tmp_path, split="test", image_size=8).files == [tmp_path / "val" / "a" / "x.png"]
     assert detect_format(tmp_path) == "folder"
 
 
@@ -481,9 +473,7 @@ def test_batch_source_is_deterministic_and_correct():
         assert x.dtype == torch.uint8 and x.shape == (8, 1, 2, 2) and y.dtype == torch.int64
         assert torch.equal(x[:, 0, 0, 0].long(), i) and torch.equal(y, i % 7)
     assert not torch.equal(seen, torch.cat([i for _, _, i in epoch(a, 1)]))
-    assert not torch.equal(
-        seen, torch.cat([i for _, _, i in epoch(make_batch_source(data, 8, "cpu", seed=4), 0)])
-    )
+    assert not torch.equal(seen, torch.cat([i for _, _, i in epoch(make_batch_source(data, 8, "cpu", seed=4), 0)]))
 
 
 def test_batch_source_shards_are_disjoint_and_cover_the_global_batch():
@@ -523,9 +513,7 @@ def test_streamed_source_matches_in_memory(tmp_path, workers):
     memory = load_folder(tmp_path, 8)
     streamed = make_batch_source(FolderStream(tmp_path, 8), 4, "cpu", seed=2, workers=workers)
     in_memory = make_batch_source(memory, 4, "cpu", seed=2)
-    for (xs, ys, i_s), (xm, ym, im) in zip(
-        epoch(streamed, 1, start=1), epoch(in_memory, 1, start=1), strict=True
-    ):
+    for (xs, ys, i_s), (xm, ym, im) in zip(epoch(streamed, 1, start=1), epoch(in_memory, 1, start=1), strict=True):
         assert torch.equal(i_s, im) and torch.equal(xs, xm) and torch.equal(ys, ym)
 
 

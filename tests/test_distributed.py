@@ -115,9 +115,7 @@ def _worker(rank_: int, port: int, out: str) -> None:
             "grads": {k: p.grad.clone() for k, p in model.named_parameters()},
             "bn": _bn_stats(model),
             "z_grads": [_global_order(all_gather_nograd(g)) for g in z_grads],
-            "sync_bn": all(
-                type(m).__name__ == "SyncBatchNorm" for m in model if "BatchNorm" in type(m).__name__
-            ),
+            "sync_bn": all(type(m).__name__ == "SyncBatchNorm" for m in model if "BatchNorm" in type(m).__name__),
             "shared": broadcast_object({"from": rank()}),
         }
         if is_main():
@@ -136,9 +134,7 @@ def _free_port() -> int:
 
 def test_two_ranks_equal_single_process(tmp_path: Path) -> None:
     out = tmp_path / "rank0.pt"
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False, start_method="spawn"
-    )
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + 90
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:

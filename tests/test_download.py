@@ -48,9 +48,7 @@ def md5(data: bytes) -> str:
 
 
 def idx_gz(arr: np.ndarray) -> bytes:
-    return gzip.compress(
-        bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
-    )
+    return gzip.compress(bytes([0, 0, 8, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes())
 
 
 def serve_mnist(www: Path, base: str) -> tuple[dict[str, str], dict[str, str]]:

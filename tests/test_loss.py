@@ -64,9 +64,7 @@ def test_single_pair_without_negatives_is_zero() -> None:
 
 def test_scale_invariant() -> None:
     z_a, z_b = _rand(5, 6, seed=4)
-    assert nt_xent(3.0 * z_a, 0.2 * z_b, 0.1).item() == pytest.approx(
-        nt_xent(z_a, z_b, 0.1).item(), rel=1e-10
-    )
+    assert nt_xent(3.0 * z_a, 0.2 * z_b, 0.1).item() == pytest.approx(nt_xent(z_a, z_b, 0.1).item(), rel=1e-10)
 
 
 @pytest.mark.parametrize("chunk_size", [None, 2])
@@ -75,9 +73,7 @@ def test_gradcheck(chunk_size: int | None, with_queue: bool) -> None:
     z_a, z_b = _rand(3, 4, seed=5)
     z_a.requires_grad_(True)
     z_b.requires_grad_(True)
-    queue = (
-        torch.nn.functional.normalize(torch.randn(4, 4, dtype=torch.float64), dim=1) if with_queue else None
-    )
+    queue = torch.nn.functional.normalize(torch.randn(4, 4, dtype=torch.float64), dim=1) if with_queue else None
 
     def fn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return nt_xent(a, b, 0.3, queue=queue, chunk_size=chunk_size)
@@ -156,9 +152,7 @@ def test_chunked_equals_plain(chunk_size: int, with_queue: bool) -> None:
     assert acc1.item() == pytest.approx(acc0.item())
     torch.testing.assert_close(ga1, ga0, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gb1, gb0, rtol=1e-5, atol=1e-6)
-    assert nt_xent_chunked(z_a, z_b, 0.1, chunk_size, queue=queue).item() == pytest.approx(
-        l0.item(), abs=1e-6
-    )
+    assert nt_xent_chunked(z_a, z_b, 0.1, chunk_size, queue=queue).item() == pytest.approx(l0.item(), abs=1e-6)
 
 
 def test_invalid_arguments() -> None:

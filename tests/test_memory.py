@@ -76,9 +76,7 @@ def test_state_dict_round_trip_resumes() -> None:
 def test_queue_feeds_the_loss() -> None:
     mem = MemoryQueue(size=8, dim=4)
     z_a, z_b = torch.randn(3, 4), torch.randn(3, 4)
-    assert nt_xent(z_a, z_b, 0.5, queue=mem.negatives()).item() == pytest.approx(
-        nt_xent(z_a, z_b, 0.5).item()
-    )
+    assert nt_xent(z_a, z_b, 0.5, queue=mem.negatives()).item() == pytest.approx(nt_xent(z_a, z_b, 0.5).item())
     mem.enqueue(torch.randn(5, 4))
     assert nt_xent(z_a, z_b, 0.5, queue=mem.negatives()).item() > nt_xent(z_a, z_b, 0.5).item()
 

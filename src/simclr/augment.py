@@ -159,9 +159,7 @@ class Augment(nn.Module):
             return rand(batch) < p
 
         if cfg.crop:
-            boxes = sample_crop_boxes(
-                batch, height, width, cfg.crop_scale, cfg.crop_ratio, generator, gen_device
-            )
+            boxes = sample_crop_boxes(batch, height, width, cfg.crop_scale, cfg.crop_ratio, generator, gen_device)
         else:
             boxes = torch.zeros(batch, 4, device=gen_device)  # the whole image: a plain resize
             boxes[:, 2], boxes[:, 3] = height, width

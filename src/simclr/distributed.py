@@ -270,9 +270,7 @@ def _convert(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
         # torch's own SyncBatchNorm too: ours runs the same computation on CUDA and also works on CPU.
-        out = SyncBatchNorm(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
-        )
+        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         if module.affine:
             with torch.no_grad():
                 out.weight = module.weight

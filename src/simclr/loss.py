@@ -47,9 +47,7 @@ def contrastive_accuracy(logits: Tensor, targets: Tensor) -> Tensor:
 def _prepare(z_a: Tensor, z_b: Tensor, gather: bool | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Normalised rows (2n, D), columns (2N, D), positive and self column of each row (2n,)."""
     if z_a.dim() != 2 or z_a.shape != z_b.shape:
-        raise ValueError(
-            f"nt_xent: z_a and z_b must both be (N, D), got {tuple(z_a.shape)}, {tuple(z_b.shape)}"
-        )
+        raise ValueError(f"nt_xent: z_a and z_b must both be (N, D), got {tuple(z_a.shape)}, {tuple(z_b.shape)}")
     dtype = torch.promote_types(z_a.dtype, torch.float32)
     z_a = F.normalize(z_a.to(dtype), dim=1)
     z_b = F.normalize(z_b.to(dtype), dim=1)

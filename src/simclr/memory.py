@@ -64,9 +64,7 @@ class MemoryQueue(nn.Module):
         """The filled rows (min(written, K), D), as a copy: later enqueues cannot alter a pending backward."""
         return self.queue[: self._filled].clone()
 
-    def _load_from_state_dict(
-        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._ptr = int(self.ptr)
         self._filled = int(self.filled)

@@ -18,9 +18,7 @@ from simclr.eval.knn import knn_eval
 
 
 @torch.no_grad()
-def embed(
-    encoder: nn.Module, images: torch.Tensor, transform: nn.Module, batch_size: int = 512
-) -> torch.Tensor:
+def embed(encoder: nn.Module, images: torch.Tensor, transform: nn.Module, batch_size: int = 512) -> torch.Tensor:
     """h for uint8 ``images`` (N, C, H, W) with the evaluation ``transform``: (N, out_dim) float32."""
     was_training = encoder.training
     encoder.eval()

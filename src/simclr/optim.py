@@ -137,9 +137,7 @@ class LARS(torch.optim.Optimizer):
         foreach: bool = True,
     ) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0 or eta <= 0:
-            raise ValueError(
-                f"LARS: invalid lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}"
-            )
+            raise ValueError(f"LARS: invalid lr={lr}, momentum={momentum}, weight_decay={weight_decay}, eta={eta}")
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -222,9 +220,7 @@ def scaled_lr(base_lr: float, batch_size: int, scaling: str = "linear") -> float
     raise SimCLRError(f"optim.lr_scaling: unknown scaling {scaling!r}; use linear, sqrt or none")
 
 
-def schedule_steps(
-    num_examples: int, epochs: float, batch_size: int, warmup_epochs: float
-) -> tuple[int, int]:
+def schedule_steps(num_examples: int, epochs: float, batch_size: int, warmup_epochs: float) -> tuple[int, int]:
     """(total_steps, warmup_steps) with the official formulas (SPEC-DETAILS 5.2).
 
     total = floor(N x epochs / B) + 1, warmup = round(floor(warmup_epochs x N / B)).

@@ -79,9 +79,7 @@ def _resolve_path(name: str, path: str | os.PathLike | None, download: bool) -> 
         if download:
             download_dataset(name, root)
         elif path is None:
-            raise SimCLRError(
-                f"{name}: not found at {root}; pass a path (data.path / --data) or download=True"
-            )
+            raise SimCLRError(f"{name}: not found at {root}; pass a path (data.path / --data) or download=True")
     return root
 
 

@@ -75,9 +75,7 @@ def find_file(folder: Path, names: list[str]) -> Path | None:
     return None
 
 
-def check_labels(
-    labels: np.ndarray, n_images: int, path: str | os.PathLike, num_classes: int | None
-) -> Tensor:
+def check_labels(labels: np.ndarray, n_images: int, path: str | os.PathLike, num_classes: int | None) -> Tensor:
     """Check a label vector against its images and return it as int64 ``(N,)``.
 
     Raises SimCLRError naming ``path`` when the count differs from ``n_images``, a label is negative, or a
@@ -149,7 +147,5 @@ def resize_square(images: Tensor, size: int, chunk: int = 512) -> Tensor:
     for start in range(0, n, chunk):
         x = images[start : start + chunk].float()
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        out[start : start + chunk] = (
-            x[:, :, top : top + size, left : left + size].round().clamp(0, 255).byte()
-        )
+        out[start : start + chunk] = x[:, :, top : top + size, left : left + size].round().clamp(0, 255).byte()
     return out

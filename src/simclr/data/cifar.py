@@ -75,9 +75,7 @@ def safe_unpickle(path: str | os.PathLike) -> Any:
         raise file_error(path, f"cannot read ({e.strerror or e})") from None
     try:
         # From memory, not the file: a bogus length opcode then fails as truncation instead of a huge read.
-        with (
-            warnings.catch_warnings()
-        ):  # numpy warns on odd dtype arguments in damaged files; we raise instead
+        with warnings.catch_warnings():  # numpy warns on odd dtype arguments in damaged files; we raise instead
             warnings.simplefilter("ignore")
             return _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except RecursionError:
@@ -87,9 +85,7 @@ def safe_unpickle(path: str | os.PathLike) -> Any:
         raise file_error(path, f"not a valid CIFAR pickle ({detail})") from None
 
 
-def read_cifar_batch(
-    path: str | os.PathLike, label_key: bytes, num_classes: int
-) -> tuple[np.ndarray, torch.Tensor]:
+def read_cifar_batch(path: str | os.PathLike, label_key: bytes, num_classes: int) -> tuple[np.ndarray, torch.Tensor]:
     """One batch file: images (N, 3, 32, 32) uint8 and labels (N,) int64, both checked."""
     batch = safe_unpickle(path)
     if not isinstance(batch, dict):
@@ -141,8 +137,7 @@ def load_cifar(root: str | os.PathLike, name: str = "cifar10", split: str = "tra
     _, train_files, test_files, label_key, meta, names_key, num_classes = _LAYOUT[name]
     folder = find_cifar_folder(root, name)
     parts = [
-        read_cifar_batch(folder / f, label_key, num_classes)
-        for f in (train_files if split == "train" else test_files)
+        read_cifar_batch(folder / f, label_key, num_classes) for f in (train_files if split == "train" else test_files)
     ]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     labels = torch.cat([p[1] for p in parts])

@@ -78,9 +78,7 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[Path], list[int] | None, 
         labels = [i for i, (_, fs) in enumerate(class_dirs) for _ in fs]
         return files, labels, [d.name for d, _ in class_dirs]
     if not loose:
-        raise file_error(
-            root, f"empty folder: no image files ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...)"
-        )
+        raise file_error(root, f"empty folder: no image files ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...)")
     return loose, None, None
 
 
@@ -181,9 +179,7 @@ class FolderStream(Dataset):
     replaced by the next decodable image in folder order, with a warning, so batch shapes never change.
     """
 
-    def __init__(
-        self, root: str | os.PathLike, image_size: int | None = None, max_bad_fraction: float = 0.01
-    ):
+    def __init__(self, root: str | os.PathLike, image_size: int | None = None, max_bad_fraction: float = 0.01):
         self.root = Path(root)
         self.image_size = image_size or DEFAULT_IMAGE_SIZE
         files, labels, classes = scan_folder(self.root)
@@ -191,9 +187,7 @@ class FolderStream(Dataset):
         _check_bad(self.root, [(os.fspath(f), "zero-byte file") for f in empty], len(files), max_bad_fraction)
         keep = [i for i, f in enumerate(files) if f.stat().st_size > 0] if empty else list(range(len(files)))
         self.files = [files[i] for i in keep]
-        self.labels = (
-            torch.tensor([labels[i] for i in keep], dtype=torch.int64) if labels is not None else None
-        )
+        self.labels = torch.tensor([labels[i] for i in keep], dtype=torch.int64) if labels is not None else None
         self.classes = classes
         self.names = [f.relative_to(self.root).as_posix() for f in self.files]
         self.source = os.fspath(self.root)

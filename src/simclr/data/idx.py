@@ -41,9 +41,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     dtype, ndim = np.dtype(_DTYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise file_error(
-            path, f"truncated header: {ndim} dimensions need {header} bytes, file has {len(raw)}"
-        )
+        raise file_error(path, f"truncated header: {ndim} dimensions need {header} bytes, file has {len(raw)}")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: no overflow on bogus headers
     found = len(raw) - header

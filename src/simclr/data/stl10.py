@@ -38,9 +38,7 @@ def read_stl_images(path: str | os.PathLike, copy: bool = True) -> Tensor:
     if size == 0:
         raise file_error(path, "empty file")
     if size % RECORD:
-        raise file_error(
-            path, f"size {size} is not a multiple of the {RECORD}-byte image record (truncated?)"
-        )
+        raise file_error(path, f"size {size} is not a multiple of the {RECORD}-byte image record (truncated?)")
     try:
         # mode "c": copy-on-write, so the array is writable for torch yet the file is never modified
         mapped = np.memmap(path, dtype=np.uint8, mode="c", shape=(size // RECORD, 3, SIDE, SIDE))

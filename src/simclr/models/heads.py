@@ -64,15 +64,11 @@ class ProjectionHead(nn.Module):
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(num_layers - 1):
-            layers.append(
-                nn.Sequential(_linear(dim, hidden_dim, False), batch_norm_1d(hidden_dim), nn.ReLU())
-            )
+            layers.append(nn.Sequential(_linear(dim, hidden_dim, False), batch_norm_1d(hidden_dim), nn.ReLU()))
             dim = hidden_dim
         if num_layers > 0:
             if last_bn:
-                layers.append(
-                    nn.Sequential(_linear(dim, out_dim, False), batch_norm_1d(out_dim, center=False))
-                )
+                layers.append(nn.Sequential(_linear(dim, out_dim, False), batch_norm_1d(out_dim, center=False)))
             else:
                 layers.append(nn.Sequential(_linear(dim, out_dim, True)))
         self.layers = nn.ModuleList(layers)

@@ -225,9 +225,7 @@ def create_encoder(
     if not width > 0:
         raise SimCLRError(f"model.width_multiplier: must be > 0, got {width}")
     if sk_ratio < 0 or se_ratio < 0:
-        raise SimCLRError(
-            f"model.sk_ratio: ratios must be >= 0, got sk_ratio={sk_ratio}, se_ratio={se_ratio}"
-        )
+        raise SimCLRError(f"model.sk_ratio: ratios must be >= 0, got sk_ratio={sk_ratio}, se_ratio={se_ratio}")
     block, layers = ARCHS[depth]
     if sk_ratio > 0 and block is BasicBlock:
         # The official TF2 code silently keeps plain 3x3 convs in basic blocks (only the ResNet-D stem and

@@ -39,9 +39,7 @@ def count_params(module: nn.Module) -> tuple[int, int]:
     Frozen parameters (the head's fixed-zero BN beta) are included; ``num_batches_tracked`` is not.
     """
     params = sum(p.numel() for p in module.parameters())
-    stats = sum(
-        b.numel() for name, b in module.named_buffers() if name.endswith(("running_mean", "running_var"))
-    )
+    stats = sum(b.numel() for name, b in module.named_buffers() if name.endswith(("running_mean", "running_var")))
     return params, params + stats
 
 
@@ -63,9 +61,7 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
             per_out = mod.in_features
         total += output.numel() * per_out
 
-    handles = [
-        m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     device = next(module.parameters()).device
     was_training = module.training
     try:
@@ -79,9 +75,7 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def model_table(
-    resolution: int = 224, names: tuple[str, ...] = TABLE_NAMES, flops: bool = True
-) -> list[dict]:
+def model_table(resolution: int = 224, names: tuple[str, ...] = TABLE_NAMES, flops: bool = True) -> list[dict]:
     """One row per encoder: parameters (encoder alone, no FC), the paper's figure, and GMACs.
 
     Row keys: ``name``, ``out_dim``, ``params_m`` (parameters, millions), ``tf_params_m`` (plus BN moving
@@ -112,9 +106,7 @@ def model_table(
 
 def format_model_table(rows: list[dict], resolution: int = 224) -> str:
     """Plain-text table of :func:`model_table` rows for the ``simclr models`` command."""
-    header = (
-        f"{'name':<13} {'h dim':>6} {'params M':>9} {'TF vars M':>10} {'paper M':>8} {'diff':>7} {'GMACs':>7}"
-    )
+    header = f"{'name':<13} {'h dim':>6} {'params M':>9} {'TF vars M':>10} {'paper M':>8} {'diff':>7} {'GMACs':>7}"
     lines = [header, "-" * len(header)]
     for r in rows:
         paper = "-" if r["paper_params_m"] is None else f"{r['paper_params_m']:g}"
