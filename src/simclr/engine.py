@@ -438,8 +438,8 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                 if stop.signal is not None:
                     stopped_by = stop.signal
                     break
-                if state.step >= max_steps:
-                    break
+                if state.step >= max_steps and state.batch_in_epoch < steps_per_epoch:
+                    break  # mid-epoch stop; at an epoch's last batch the epoch-end work below must still run
             else:  # epoch finished
                 state.epoch += 1
                 state.batch_in_epoch = 0

@@ -1,0 +1,32 @@
+"""The training loop's bookkeeping on a tiny real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from simclr.config import load_config
+from simclr.engine import pretrain
+
+
+def test_last_epoch_is_counted_and_monitored(tmp_path):
+    """Regression: the run stopped at its last step before the epoch-end work, so a 2-epoch run reported
+    1 epoch and logged no kNN monitor line for its final epoch."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 4
+    images = (40 + 50 * labels[:, None, None] + rng.normal(0, 20, (64, 16, 16))).clip(0, 255).astype(np.uint8)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, images=images, labels=labels, test_images=images[:32], test_labels=labels[:32])
+    cfg = load_config(
+        preset="fashion-mnist",
+        overrides=[
+            "data.dataset=npz", f"data.path={npz}", "model.width_multiplier=0.125", "model.projection_dim=16",
+            "train.device=cpu", "train.batch_size=32", "train.epochs=2", "monitor.knn_train_size=64",
+            "monitor.knn_test_size=32", "monitor.knn_k=5",
+        ],
+    )  # fmt: skip
+    summary = pretrain(cfg, tmp_path / "run")
+    assert summary["status"] == "finished" and summary["steps"] == 4 and summary["epochs"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if "knn_monitor_top1" in r] == [1, 2]
