@@ -14,7 +14,15 @@ import torch
 from simclr.checkpoint import load_pretrained, save_checkpoint
 from simclr.config import Config, ModelConfig, config_to_dict
 from simclr.data import load_dataset
-from simclr.distill import DistillOptions, Teacher, distill, distill_command, distill_loss, distill_objective
+from simclr.distill import (
+    DistillOptions,
+    Teacher,
+    distill,
+    distill_command,
+    distill_loss,
+    distill_objective,
+    gradient_scale,
+)
 from simclr.errors import SimCLRError
 from simclr.eval.card import REQUIRED_FIELDS
 from simclr.eval.finetune import finetune, load_classifier
@@ -59,6 +67,17 @@ def test_distill_loss_gradient_and_teacher_detached():
     same = teacher.detach().clone().requires_grad_(True)
     distill_loss(same, teacher, tau).backward()
     assert same.grad.abs().max() < 1e-6
+
+
+def test_gradient_scale_relative_to_cross_entropy():
+    """Paper loss: gradient (p_S - p_T) / tau; with tau^2: tau (p_S - p_T); cross-entropy: p - y."""
+    s, t = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5)
+    target = torch.softmax(t, 1)  # at tau = 1, distillation is cross-entropy with soft targets
+    for tau, t2 in ((0.1, False), (0.1, True), (2.0, False)):
+        s.grad = None
+        distill_loss(s, t * tau, tau, scale_by_t2=t2).backward()  # same p_T at every tau
+        ce_grad = (torch.softmax(s / tau, 1) - target) / 3
+        assert torch.allclose(s.grad, ce_grad * gradient_scale(tau, t2), atol=1e-6)
 
 
 def test_distill_loss_rejects_bad_input():
@@ -156,6 +175,8 @@ def test_self_distillation_end_to_end(teacher_dir, tmp_path):
     res = distill_command(str(teacher_dir / "ft"), out=str(out), device="cpu", epochs=2, batch_size=16)
     assert res["self_distillation"] and res["temperature"] == 0.1 and res["alpha"] == 1.0
     assert res["student"]["init"] == "scratch" and res["student"]["from_head_layer"] == 0
+    # SGD at the scratch rate 0.025 sqrt(B); at tau = 0.1 every step is scaled by tau (10 x CE's gradient)
+    assert res["optimizer"] == "sgd" and res["lr"] == pytest.approx(0.1) and res["lr_scale_plain"] == pytest.approx(0.1)
     assert [r["epoch"] for r in res["history"]] == [1, 2] and all("top1" in r for r in res["history"])
     assert res["steps"] == 2 * (64 // 16)
     saved = json.loads((out / "metrics.json").read_text())
@@ -174,9 +195,10 @@ def test_self_distillation_end_to_end(teacher_dir, tmp_path):
 
 def test_big_to_small_from_pretrained_init_and_labels(teacher_dir, tmp_path):
     train, test = data(teacher_dir)
-    small = DistillOptions(student_width=0.0625, epochs=1, batch_size=16)
+    small = DistillOptions(student_width=0.0625, epochs=1, batch_size=16, optimizer="lars")
     res = distill(teacher_dir / "ft", train, test, small)
-    assert not res["self_distillation"] and res["temperature"] == 1.0
+    assert not res["self_distillation"] and res["temperature"] == 1.0 and res["lr_scale_plain"] == 1.0
+    assert res["lr"] == pytest.approx(0.3 * 16 / 256)  # LARS: the pretraining rate of the teacher's config
     assert res["student"]["width_multiplier"] == 0.0625
     assert res["student"]["params"] < sum(p.numel() for p in Teacher(teacher_dir / "ft").net.parameters())
     # Pretrained init keeps the v2 head layer; alpha < 1 reads the teacher's 16 labelled images.

@@ -108,6 +108,18 @@ def test_pipeline_quick_end_to_end_and_skips_finished_stages(tmp_path, capsys):
     assert (out / "distill-50pct" / "metrics.json").is_file()
 
 
+def test_command_passes_every_option(monkeypatch):
+    import simclr.pipeline
+
+    seen = {}
+    monkeypatch.setattr(simclr.pipeline, "run_pipeline", lambda cfg, out, o: seen.update(o=o, out=out) or {})
+    kwargs = dict(pretrain_epochs=2, finetune_epochs=3, distill_epochs=4, distill_init="scratch", quick=True, seed=5)
+    assert pipeline_command(load_config(preset="fashion-mnist"), "x", fractions="1%,100%", **kwargs) == 0
+    assert seen["out"] == "x" and seen["o"].fractions == ("1%", "100%")
+    for key, value in kwargs.items():
+        assert getattr(seen["o"], key) == value, key
+
+
 def test_cli_parser_matches_command(tmp_path):
     def config_args(p):
         p.add_argument("--preset")

@@ -45,6 +45,7 @@ from typing import Any
 from simclr.config import Config
 from simclr.errors import SimCLRError
 
+DISTILL_EPOCHS = 3
 ROWS = (  # (key, row name), in the table's order
     ("scratch", "supervised (scratch)"),
     ("linear", "linear eval"),
@@ -62,7 +63,7 @@ class PipelineOptions:
     finetune_epochs: int | None = None  # None = enough for finetune_steps
     finetune_steps: int = 150
     finetune_batch: int = 256
-    distill_epochs: int = 3
+    distill_epochs: int | None = None  # None = DISTILL_EPOCHS
     distill_unlabeled: int | None = 16384  # None = the whole train split
     distill_init: str = "pretrained"  # pretrained | scratch
     distill_temperature: float | None = None  # None = 0.1 (self-distillation)
@@ -105,8 +106,7 @@ def _quick(cfg: Config, o: PipelineOptions) -> None:
     cfg.train.log_every = 1
     cfg.monitor.knn = False
     o.finetune_epochs = o.finetune_epochs or 1
-    o.finetune_batch = min(o.finetune_batch, 16)
-    o.distill_epochs = 1 if o.distill_epochs == PipelineOptions.distill_epochs else o.distill_epochs
+    o.distill_epochs = o.distill_epochs or 1
     o.distill_unlabeled = min(o.distill_unlabeled or 10**9, 64)
     o.linear_epochs = o.linear_epochs or 5
 
@@ -222,7 +222,7 @@ def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | Non
         dopts = DistillOptions(
             temperature=o.distill_temperature,
             alpha=o.distill_alpha,
-            epochs=o.distill_epochs,
+            epochs=o.distill_epochs or DISTILL_EPOCHS,
             max_unlabeled=o.distill_unlabeled,
             seed=o.seed,
             batch_size=16 if o.quick else None,
@@ -383,12 +383,11 @@ def pipeline_command(
         fractions=parse_fractions(fractions),
         pretrain_epochs=pretrain_epochs,
         finetune_epochs=finetune_epochs,
+        distill_epochs=distill_epochs,
         distill_init=distill_init,
         quick=quick,
         seed=seed,
     )
-    if distill_epochs is not None:
-        o.distill_epochs = distill_epochs
     result = run_pipeline(config, out, o)
     return 130 if result.get("status") == "interrupted" else 0
 
