@@ -180,3 +180,18 @@ def test_cli_parser_matches_command(tmp_path):
     command_params = set(inspect.signature(distill_command).parameters) - {"options"}
     assert set(kwargs) <= fields | command_params, set(kwargs) - fields - command_params
     assert not kwargs["augment"] and kwargs["cache_teacher"] and kwargs["student_width"] == 0.25
+
+
+@pytest.mark.slow
+def test_pipeline_quick_on_fashion_mnist(tmp_path):
+    """The README demo's path with --quick: the real preset and data, a few steps per stage."""
+    from pathlib import Path
+
+    root = Path("/usr/share/datasets/fashion-mnist")
+    if not root.is_dir():
+        pytest.skip("Fashion-MNIST not installed")
+    cfg = load_config(preset="fashion-mnist", overrides=[f"data.path={root}", "train.device=cpu"])
+    assert pipeline_command(cfg, str(tmp_path / "demo"), quick=True) == 0
+    table = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert table["columns"] == ["1%", "10%", "100%"] and table["dataset"] == "fashion-mnist"
+    assert all(r["cells"] for r in table["rows"])

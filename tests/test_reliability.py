@@ -454,7 +454,7 @@ def test_kill_anywhere_lose_nothing(tmp_path, record_property):
     """Bounded default version: a SIGKILL inside a checkpoint write, SIGTERM, a SIGKILL at a random moment
     and SIGINT, each followed by --resume; the result equals an uninterrupted run."""
     seed = int(os.environ.get("SIMCLR_KILL_SEED", random.randrange(1 << 30)))
-    done = kill_test(tmp_path, epochs=2, plan=["write", "term", "random", "int"], seed=seed)
+    done = kill_test(tmp_path, epochs=4, plan=["write", "term", "random", "int"], seed=seed)
     record_property("kills_survived", sum(done.values()))
     assert done["sigterm"] == 1 and done["sigint"] == 1 and done["sigkill_random"] == 1, done
     assert done["sigkill_in_checkpoint_write"] + done["sigkill_after_checkpoint_rename"] == 1, done

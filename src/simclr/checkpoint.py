@@ -15,8 +15,9 @@ import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -26,18 +27,21 @@ FORMAT = "simclr-checkpoint"
 VERSION = 1
 
 
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically; on failure the previous file at ``path`` is left intact."""
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], what: str = "file") -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then ``os.replace`` it over ``path``.
+
+    A crash, a kill or a full disk at any moment leaves either the old file or the new one, never half of
+    one; an OSError becomes one :class:`SimCLRError` line naming ``path`` (the old file is intact).
+    """
     path = Path(path)
-    state = {"format": FORMAT, "version": VERSION, **state}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise SimCLRError(f"{path}: cannot write checkpoint ({e.strerror or e})") from None
+        raise SimCLRError(f"{path}: cannot write {what} ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,7 +50,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.unlink(tmp)
         if isinstance(e, OSError):
             why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise SimCLRError(f"{path}: cannot write checkpoint ({why}); the previous checkpoint is intact") from None
+            raise SimCLRError(f"{path}: cannot write {what} ({why}); the previous {what} is intact") from None
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -54,6 +58,13 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+    return path
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically; on failure the previous file at ``path`` is left intact."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    path = atomic_write(path, lambda f: torch.save(state, f), what="checkpoint")
     _remove_stale_temps(path)
     return path
 

@@ -361,7 +361,12 @@ def format_results(table: dict[str, Any]) -> str:
                 f"seed {card.get('seed')}, {card.get('epochs')} epochs, batch {card.get('batch_size')}, "
                 f"checkpoint {sha}, {card.get('device')}, {card.get('wall_clock_s')} s"
             )
-    lines += ["", f"Total wall-clock time {table['wall_clock_s']:.0f} s; written {table['date_utc']}.", ""]
+    lines += [
+        "",
+        f"This run of the pipeline took {table['wall_clock_s']:.0f} s (stages done before were skipped); "
+        f"written {table['date_utc']}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -12,14 +12,11 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from simclr.errors import SimCLRError
 
 REQUIRED_FIELDS = (
     "protocol",
@@ -130,26 +127,10 @@ def _plain(value: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON via a temporary file and ``os.replace``: never half a file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise SimCLRError(f"{path}: cannot write ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_plain(obj), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise SimCLRError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
-    return path
+    from simclr.checkpoint import atomic_write
+
+    text = json.dumps(_plain(obj), indent=2) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()), what="file")
 
 
 def write_metrics(out_dir: str | os.PathLike, result: dict[str, Any]) -> Path:
