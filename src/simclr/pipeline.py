@@ -16,15 +16,18 @@ Folder names spell the fraction without ``%`` (``finetune-1pct``). A stage whose
 skipped, so a stopped pipeline continues where it stopped; pretraining resumes from its last checkpoint and
 distillation from its last epoch. Delete a stage's folder to run it again.
 
-Defaults are sized for small datasets on a CPU (the README demo: Fashion-MNIST, about 20 minutes on two
-cores, 10 of them pretraining). They are short, documented stand-ins for the paper's schedules:
+Defaults are sized for small datasets on a CPU (the README demo: Fashion-MNIST, about 15 minutes on two
+idle cores, 10 of them pretraining). They are short, documented stand-ins for the paper's schedules:
 
 - fine-tuning and the scratch baseline: batch min(256, n / 5), enough epochs for ``finetune_steps`` = 150
   optimizer steps (1 % of Fashion-MNIST: 30 epochs of 5 steps; 10 %: 7 epochs of 23 steps), evaluated after
   the last epoch; the optimizers and learning rates are :func:`~simclr.eval.finetune.finetune`'s;
-- distillation: 3 epochs over a fixed random subset of 16,384 unlabeled train images, the student starting
-  from the pretrained network (a student from scratch needs the paper's hundreds of epochs), tau 0.1,
-  alpha 1; ``--distill-init scratch`` for the paper's setting.
+- distillation: 2 epochs over all unlabeled train images (468 steps on Fashion-MNIST), tau 0.1, alpha 1
+  (no labels), SGD at the fine-tuning rate (:mod:`simclr.distill`), the student starting from the
+  pretrained network: from random weights and at tau 0.1 it reached only 69 % after 384 steps where the
+  teacher had 77 % (the paper trains students for hundreds of epochs); ``--distill-init scratch`` runs
+  that setting. On the demo's 1 % teacher (79.8 %) the student reached 80.0 %, where 6 epochs over a
+  16,384-image subsample (384 steps) reached 79.2 %: unlabeled variety matters more than epochs.
 
 ``quick=True`` shrinks every stage to a few steps (smoke tests, CI).
 """
@@ -45,7 +48,7 @@ from typing import Any
 from simclr.config import Config
 from simclr.errors import SimCLRError
 
-DISTILL_EPOCHS = 3
+DISTILL_EPOCHS = 2
 ROWS = (  # (key, row name), in the table's order
     ("scratch", "supervised (scratch)"),
     ("linear", "linear eval"),
@@ -64,7 +67,7 @@ class PipelineOptions:
     finetune_steps: int = 150
     finetune_batch: int = 256
     distill_epochs: int | None = None  # None = DISTILL_EPOCHS
-    distill_unlabeled: int | None = 16384  # None = the whole train split
+    distill_unlabeled: int | None = None  # None = the whole train split
     distill_init: str = "pretrained"  # pretrained | scratch
     distill_temperature: float | None = None  # None = 0.1 (self-distillation)
     distill_alpha: float = 1.0
@@ -405,7 +408,7 @@ def add_pipeline_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser
     p.add_argument("--fractions", default="1%,10%", help="label fractions, e.g. 1%%,10%%,100%% (default 1%%,10%%)")
     p.add_argument("--pretrain-epochs", type=int, help="override the preset's pretraining epochs")
     p.add_argument("--finetune-epochs", type=int, help="fine-tune / baseline epochs (default: 150 steps)")
-    p.add_argument("--distill-epochs", type=int, help="distillation epochs (default 3)")
+    p.add_argument("--distill-epochs", type=int, help="distillation epochs (default 2)")
     p.add_argument(
         "--distill-init",
         choices=["pretrained", "scratch"],
