@@ -31,7 +31,14 @@ from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoin
 from simclr.config import Config, config_from_dict, config_to_dict, dump_config
 from simclr.data import ImageData, load_dataset, make_batch_source
 from simclr.data.base import channel_stats
-from simclr.distributed import DistInfo, all_gather_nograd, cleanup, convert_sync_batchnorm, init_distributed
+from simclr.distributed import (
+    DistInfo,
+    all_gather_nograd,
+    all_reduce_mean,
+    cleanup,
+    convert_sync_batchnorm,
+    init_distributed,
+)
 from simclr.errors import SimCLRError
 from simclr.loss import nt_xent
 from simclr.memory import MemoryQueue, MomentumEncoder
@@ -194,6 +201,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         saved_cfg = config_from_dict(saved["config"])
         if config_to_dict(saved_cfg.model) != config_to_dict(cfg.model):
             raise SimCLRError(f"{ckpt_path}: --resume with a different model config than the run's")
+        # The run is the saved config; train.max_steps only says where this invocation stops, so a run
+        # stopped there continues with --resume (to the end, or to a new --set train.max_steps).
+        saved_cfg.train.max_steps = cfg.train.max_steps
         cfg = saved_cfg
         t = cfg.train
     elif ckpt_path.exists():
@@ -260,8 +270,20 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
             momentum_model.load_state_dict(saved["momentum_model"])
             queue.load_state_dict(saved["memory"])
         state = RunState(**saved["run_state"])
-        gen_states = saved["rng"]["augment"]
-        generator.set_state(gen_states[dist.rank % len(gen_states)])
+        gen_states = saved["rng"]["augment"]  # one per rank of the run that saved it
+        if len(gen_states) == dist.world_size:
+            generator.set_state(gen_states[dist.rank])
+        else:  # another world size: a new stream per rank (sharing one would repeat views across ranks)
+            generator.set_state(gen_states[0])
+            base = int(torch.randint(2**62, (1,), generator=generator, device=device))
+            generator.manual_seed(base + dist.rank)
+            if dist.is_main:
+                print(
+                    f"simclr pretrain: resuming {len(gen_states)}-process checkpoint on {dist.world_size} "
+                    "processes: augmentation streams re-seeded from the saved ones (same data order and "
+                    "weights; the views differ from an uninterrupted run's)",
+                    flush=True,
+                )
         torch.set_rng_state(saved["rng"]["torch"])
         del saved
 
@@ -409,7 +431,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                 progress.update(1)
 
                 if state.step % t.log_every == 0 or state.step == max_steps:
-                    sums = log_sums.tolist()  # the only host read-back, once per log interval
+                    # The only host read-back, once per log interval; the mean over ranks is the global
+                    # batch's loss (each rank's is over its own views) and keeps probe sums' ratio.
+                    sums = all_reduce_mean(log_sums).tolist()
                     n = t.log_every if state.step % t.log_every == 0 else state.step % t.log_every
                     elapsed = time.perf_counter() - log_t0
                     record = {
