@@ -17,6 +17,7 @@ import torch
 
 from simclr import bench
 from simclr.config import AugmentConfig, load_config
+from simclr.errors import SimCLRError
 
 SETUP_KEYS = {
     "preset", "arch", "width_multiplier", "image_size", "batch_size", "views_per_step", "device", "hardware",
@@ -100,6 +101,16 @@ def test_dry_run_reports_estimates(tiny_npz: Path) -> None:
     assert report["largest_batch"] is None or report["largest_batch"] > 0
     text = "\n".join(lines)
     assert "ESTIMATE" in text and "batch 16" in text and "epoch: 1 steps" in text
+
+
+def test_dry_run_takes_micro_batches_into_account(tiny_npz: Path) -> None:
+    overrides = [*tiny_overrides(tiny_npz), "train.batch_size=8", "train.activation_checkpointing=true"]
+    lines: list[str] = []
+    report = bench.dry_run(load_config(overrides=[*overrides, "train.micro_batch=2"]), steps=1, out=lines.append)
+    assert report["step_time_s"] > 0
+    assert "gradient caching: micro-batches of 2 images, activation checkpointing" in "\n".join(lines)
+    with pytest.raises(SimCLRError, match="train.micro_batch"):
+        bench.dry_run(load_config(overrides=[*overrides, "train.micro_batch=3"]), out=lines.append)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -4,21 +4,33 @@ Exactness is checked on models whose outputs do not depend on how the batch is s
 BatchNorm in eval mode): in training mode BN normalises each micro-batch with its own statistics, which
 changes the forward pass itself, so no implementation could match the full-batch numbers there. Float64
 keeps the comparison tight; the only difference left is the order in which per-example gradient terms are
-summed, so equality is to ~1e-12, not bitwise.
+summed, so equality is to ~1e-12, not bitwise. The last section runs the training engine's step with
+``train.micro_batch`` / ``train.activation_checkpointing`` (float32 there: equality to ~1e-6).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from functools import partial
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simclr.gradcache import activation_checkpointing, grad_cache_step
+from simclr import engine
+from simclr.checkpoint import load_checkpoint
+from simclr.cli import main
+from simclr.config import LossConfig, load_config
+from simclr.engine import PretrainModule, pretrain, step_objective
+from simclr.gradcache import activation_checkpointing, grad_cache_step, grad_cache_two_views, pair_micro_batches, unpair
 from simclr.loss import nt_xent
 from simclr.models import ProjectionHead, SimCLRModel, create_encoder
+
+CLI_TINY = ["model.width_multiplier=0.125", "model.projection_dim=16", "train.batch_size=16", "train.max_steps=2",
+            "monitor.knn=false"]  # fmt: skip
 
 
 def tiny_resnet(seed: int = 0) -> SimCLRModel:
@@ -210,3 +222,130 @@ def test_activation_checkpointing_gives_the_same_gradients_and_unpatches() -> No
 def test_invalid_micro_batch() -> None:
     with pytest.raises(ValueError, match="micro_batch"):
         grad_cache_step(GroupNormNet(), torch.zeros(4, 3, 4, 4), contrastive, 0)
+
+
+# ---- the training engine's step with train.micro_batch / train.activation_checkpointing ----------------------
+
+
+def test_pairing_puts_both_views_of_each_image_in_one_micro_batch() -> None:
+    views = torch.arange(12.0)[:, None]  # rows [0, 6) view 1, [6, 12) view 2 of images 0..5
+    paired = pair_micro_batches(views, 2)
+    assert paired[:, 0].tolist() == [0, 1, 6, 7, 2, 3, 8, 9, 4, 5, 10, 11]
+    assert torch.equal(unpair(paired, 2), views)
+    assert torch.equal(pair_micro_batches(views, 6), views)  # one micro-batch: the engine's own order
+    with pytest.raises(ValueError, match="micro_batch=4"):
+        pair_micro_batches(views, 4)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_engine_step_with_half_batch_micro_batches_matches_the_plain_step(checkpoint: bool) -> None:
+    """The engine's module and objective (NT-Xent with queued negatives + online probe), BN in eval mode."""
+    ref = PretrainModule(tiny_resnet(), num_classes=3).double().eval()
+    cached = copy.deepcopy(ref)
+    views = views_of(8)
+    labels = torch.arange(8) % 3
+    negatives = F.normalize(torch.randn(20, 16, generator=torch.Generator().manual_seed(2)), dim=1)
+    logged_ref, logged = {}, {}
+    loss_ref = step_objective(ref(views), labels, negatives, LossConfig(), logged_ref)
+    loss_ref.backward()
+    objective = partial(step_objective, labels=labels, negatives=negatives, loss_cfg=LossConfig(), logged=logged)
+    loss = grad_cache_two_views(cached, views, objective, micro_batch=4, checkpoint=checkpoint)
+    torch.testing.assert_close(loss, loss_ref.detach(), rtol=1e-6, atol=1e-6)
+    for key in ("loss", "z_a", "z_b", "probe_correct"):
+        torch.testing.assert_close(logged[key], logged_ref[key], rtol=1e-6, atol=1e-6)
+    ga, gb = grads(ref), grads(cached)
+    assert len(ga) == len(gb) == sum(p.requires_grad for p in ref.parameters())  # the probe's included
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6)
+
+
+def tiny_run(tmp_path, *overrides: str, name: str = "run") -> tuple[dict, dict]:
+    """Two steps of the real engine on 32 tiny grey images; returns the checkpoint and the last log line."""
+    npz = tmp_path / "tiny.npz"
+    if not npz.exists():
+        rng = np.random.default_rng(0)
+        labels = np.arange(32) % 4
+        images = (40 + 50 * labels[:, None, None] + rng.normal(0, 20, (32, 8, 8))).clip(0, 255).astype(np.uint8)
+        np.savez(npz, images=images, labels=labels)
+    cfg = load_config(
+        preset="fashion-mnist",
+        overrides=[
+            "data.dataset=npz", f"data.path={npz}", "model.width_multiplier=0.125", "model.projection_dim=16",
+            "train.device=cpu", "train.batch_size=8", "train.max_steps=2", "monitor.knn=false",
+            "optim.warmup_epochs=0", "optim.schedule=constant", *overrides,
+        ],
+    )  # fmt: skip
+    summary = pretrain(cfg, tmp_path / name)
+    assert summary["status"] == "finished"
+    last = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
+    return load_checkpoint(tmp_path / name / "checkpoints" / "last.pt"), last
+
+
+@pytest.mark.parametrize("memory_size", [0, 24])
+def test_engine_with_one_micro_batch_of_the_whole_batch_equals_the_plain_run(tmp_path, memory_size: int) -> None:
+    """train.micro_batch = the batch (BN in training mode): same loss, same weights after two steps."""
+    queue = f"loss.memory_size={memory_size}"
+    plain, log_plain = tiny_run(tmp_path, queue, name="plain")
+    assert plain["run_state"]["step"] == 2
+    cached, log = tiny_run(tmp_path, queue, "train.micro_batch=8", name="cached")
+    assert log["loss"] == pytest.approx(log_plain["loss"], rel=1e-6)
+    assert log["online_probe_acc"] == log_plain["online_probe_acc"]
+    for key, value in plain["module"].items():
+        torch.testing.assert_close(cached["module"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    if memory_size:
+        torch.testing.assert_close(cached["memory"]["queue"], plain["memory"]["queue"], rtol=1e-5, atol=1e-6)
+    assert log["lr"] > 0 and plain["optimizer"]["state"]  # the two steps did update the weights
+
+
+def test_pretrain_command_with_micro_batches_and_checkpointing(tmp_path, capsys) -> None:
+    """`simclr pretrain --set train.micro_batch=... --set train.activation_checkpointing=true` runs to the end,
+    with the memory queue (the momentum encoder then also runs micro-batch by micro-batch)."""
+    npz = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(npz, images=rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8), labels=np.arange(32) % 4)
+    code = main(
+        ["pretrain", "--dataset", "npz", "--data", str(npz), "--device", "cpu", "--out", str(tmp_path / "run"),
+         *[a for kv in CLI_TINY for a in ("--set", kv)], "--set", "train.micro_batch=4",
+         "--set", "train.activation_checkpointing=true", "--set", "loss.memory_size=32"]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 2
+    assert "model" in load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize(
+    ("override", "expect"),
+    [
+        (["train.micro_batch=5"], ["train.micro_batch", "does not divide the per-rank batch of 16"]),
+        (["train.micro_batch=32"], ["train.micro_batch", "does not divide"]),
+        (["train.micro_batch=0"], ["train.micro_batch", ">= 1"]),
+        (["train.activation_checkpointing=true", "train.compile=true"], ["train.activation_checkpointing"]),
+    ],
+)
+def test_bad_micro_batch_is_a_one_line_error(tmp_path, capsys, override, expect) -> None:
+    sets = [a for kv in [*CLI_TINY, *override] for a in ("--set", kv)]
+    code = main(["pretrain", "--dataset", "npz", "--data", str(tmp_path / "none.npz"), "--out", str(tmp_path / "r"),
+                 "--device", "cpu", *sets])  # fmt: skip
+    err = capsys.readouterr().err.strip("\n")
+    assert code == 2 and "\n" not in err and err.startswith("error: "), err
+    assert all(text in err for text in expect), err
+
+
+@pytest.mark.parametrize("mode", ["loss", "grad"])
+def test_engine_skips_a_non_finite_gradient_cached_step(tmp_path, monkeypatch, mode: str) -> None:
+    """The plain step's skip rule holds: a NaN loss (no backward at all) or a NaN gradient skips step 2."""
+    real, calls = engine.nt_xent, []
+
+    def nt_xent_nan_once(z_a, z_b, *args, **kwargs):
+        loss = real(z_a, z_b, *args, **kwargs)
+        calls.append(1)
+        if len(calls) != 2:
+            return loss
+        # "grad": value + 0, but d sqrt(|x|)/dx at x = 0 is NaN: a finite loss with a NaN gradient
+        return loss * float("nan") if mode == "loss" else loss + (z_a - z_a.detach()).abs().sqrt().sum()
+
+    monkeypatch.setattr(engine, "nt_xent", nt_xent_nan_once)
+    state, _ = tiny_run(tmp_path, "train.micro_batch=4", "train.max_steps=3")
+    assert state["run_state"]["skipped_steps"] == 1 and state["run_state"]["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["module"].values() if v.is_floating_point())

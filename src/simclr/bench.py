@@ -216,12 +216,13 @@ class Trainer:
             record.update(loss=loss.detach(), z_a=z_a.detach(), z_b=z_b.detach())
             return total
 
-        if self.micro_batch:
+        if self.micro_batch or self.checkpoint_stages:  # checkpointing alone: one micro-batch of the whole batch
             from simclr.gradcache import grad_cache_step
 
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast:
-                grad_cache_step(self.train_module, views, loss_fn, self.micro_batch, checkpoint=self.checkpoint_stages)
+                rows = self.micro_batch or len(views)
+                grad_cache_step(self.train_module, views, loss_fn, rows, checkpoint=self.checkpoint_stages)
             clock.mark("grad_cache")
         else:
             with self.autocast:
@@ -976,6 +977,7 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
     import torch
 
     from simclr.augment import Augment
+    from simclr.config import micro_batch_images
     from simclr.data.base import channel_stats
     from simclr.engine import resolve_device
 
@@ -986,7 +988,11 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
     mean, std = channel_stats(data.images)
     num_classes = int(data.labels.max()) + 1 if data.labels is not None else None
     cl = cfg.train.channels_last if cfg.train.channels_last is not None else device.type == "cuda"
-    trainer = make_trainer(cfg, device, image_size, num_classes, compile=cfg.train.compile, channels_last=cl)
+    micro = cfg.train.micro_batch if micro_batch_images(cfg.train) else None  # checks the key as pretrain does
+    trainer = make_trainer(
+        cfg, device, image_size, num_classes, compile=cfg.train.compile, channels_last=cl,
+        micro_batch=2 * micro if micro else None, checkpoint_stages=cfg.train.activation_checkpointing,
+    )  # fmt: skip
     augment = Augment(cfg.augment, image_size, mean=mean, std=std).to(device)
     batch = cfg.train.batch_size
     params = sum(p.numel() for p in trainer.module.model.encoder.parameters())
@@ -1003,6 +1009,11 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
         f"params), {image_size} px views, batch {batch}, {report['hardware']}, precision {_precision(cfg, device)}"
     )
     out(f"  data: {data.source}" + (f" ({note})" if note and note != "random images" else ""))
+    if micro or cfg.train.activation_checkpointing:
+        ckpt = ", activation checkpointing" if cfg.train.activation_checkpointing else ""
+        parts = f"micro-batches of {micro} images" if micro else "one micro-batch"
+        bound = " (CPU memory extrapolated linearly: an upper bound)" if micro and device.type != "cuda" else ""
+        out(f"  gradient caching: {parts}{ckpt}{bound}")
 
     if device.type == "cuda":
         resident = data.images.to(device)  # the engine keeps the whole uint8 dataset on the GPU

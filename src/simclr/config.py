@@ -111,6 +111,15 @@ class TrainConfig:
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
     max_steps: int | None = None  # stop early after this many optimizer steps (smoke tests)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Gradient caching (simclr/gradcache.py): images per forward pass, each with both its views; must divide
+    # the per-rank batch. NT-Xent, its negatives and its gradient stay those of the whole batch, for one extra
+    # forward pass without autograd; but BatchNorm normalises each micro-batch with its own statistics (as
+    # per-device BN), so the step equals the full-batch one only without batch-dependent layers.
+    # None = off: the whole per-rank batch at once.
+    micro_batch: int | None = None
+    # Encoder stages under torch.utils.checkpoint (recomputed in backward: less memory, more compute); with
+    # or without micro_batch (alone: one micro-batch of the whole batch through gradient caching). Not with compile.
+    activation_checkpointing: bool = False
 
 
 @dataclass
@@ -200,8 +209,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 # schedule only once warmup ends) or silently change it (an unknown precision ran as fp32).
 _AT_LEAST = {
     "train.batch_size": 1, "train.accumulate": 1, "train.log_every": 1, "train.checkpoint_every": 1,
-    "train.max_bad_steps": 1, "train.max_steps": 1, "train.epochs": 0, "model.projection_dim": 1,
-    "loss.memory_size": 0, "data.workers": 0, "optim.warmup_epochs": 0,
+    "train.max_bad_steps": 1, "train.max_steps": 1, "train.micro_batch": 1, "train.epochs": 0,
+    "model.projection_dim": 1, "loss.memory_size": 0, "data.workers": 0, "optim.warmup_epochs": 0,
 }  # fmt: skip
 _POSITIVE = {"loss.temperature"}
 _FRACTIONS = {"data.max_bad_fraction", "augment.color_jitter_prob", "augment.grayscale_prob", "augment.blur_prob"}
@@ -232,6 +241,24 @@ def _check_value(value: Any, key: str) -> Any:
         except (RuntimeError, ValueError):
             raise SimCLRError(f"config key {key}: unknown device {value!r}; use auto, cpu, cuda or cuda:N") from None
     return value
+
+
+def micro_batch_images(train: TrainConfig, world_size: int = 1) -> int | None:
+    """Images per forward pass of a gradient-cached step on each of ``world_size`` ranks; None = plain step.
+
+    ``train.activation_checkpointing`` without ``train.micro_batch`` is one micro-batch of the whole per-rank
+    batch. Raises :class:`SimCLRError` when ``train.micro_batch`` does not divide the per-rank batch.
+    """
+    per_rank = train.batch_size // world_size
+    if train.micro_batch is not None and (train.micro_batch > per_rank or per_rank % train.micro_batch):
+        where = f" ({train.batch_size} over {world_size} ranks)" if world_size > 1 else ""
+        raise SimCLRError(
+            f"config key train.micro_batch: {train.micro_batch} does not divide the per-rank batch of "
+            f"{per_rank} images{where}"
+        )
+    if train.activation_checkpointing and train.compile:
+        raise SimCLRError("config key train.activation_checkpointing: not supported with train.compile=true")
+    return train.micro_batch or (per_rank if train.activation_checkpointing else None)
 
 
 def _merge(obj: Any, data: dict, prefix: str = "") -> None:

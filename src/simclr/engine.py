@@ -19,6 +19,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 from simclr import __version__
 from simclr.augment import Augment, EvalTransform
 from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-from simclr.config import Config, config_from_dict, config_to_dict, dump_config
+from simclr.config import Config, config_from_dict, config_to_dict, dump_config, micro_batch_images
 from simclr.data import ImageData, load_dataset, make_batch_source
 from simclr.data.base import channel_stats
 from simclr.distributed import (
@@ -40,6 +41,7 @@ from simclr.distributed import (
     init_distributed,
 )
 from simclr.errors import SimCLRError
+from simclr.gradcache import grad_cache_two_views, pair_micro_batches, unpair
 from simclr.loss import nt_xent
 from simclr.memory import MemoryQueue, MomentumEncoder
 from simclr.models.build import build_model
@@ -211,10 +213,11 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
     if t.accumulate != 1:
         raise SimCLRError(
             "train.accumulate: plain gradient accumulation would shrink the contrastive batch; it is not "
-            "supported (gradient caching, simclr.gradcache, is the exact alternative)"
+            "supported (gradient caching, train.micro_batch, is the exact alternative)"
         )
     if t.batch_size % dist.world_size:
         raise SimCLRError(f"train.batch_size={t.batch_size} is not divisible by the {dist.world_size} ranks")
+    micro_batch = micro_batch_images(t, dist.world_size)  # images per forward pass; None: the plain step
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(t.seed)
@@ -376,27 +379,33 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                     views = torch.cat([v1, v2])  # (2B, 3, S, S); BN statistics over both views as in the paper
                     if device.type == "cuda" and (t.channels_last is not False):
                         views = views.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    h, z, logits = train_module(views)
-                z_a, z_b = z.float().chunk(2)
+                optimizer.zero_grad(set_to_none=True)
+                logged: dict = {}
                 negatives = queue.negatives() if queue is not None else None
-                loss = nt_xent(z_a, z_b, cfg.loss.temperature, queue=negatives, chunk_size=cfg.loss.chunk_size)
-                total = 2.0 * loss  # the official code's scale (see module docstring)
-                if logits is not None and labels is not None:
-                    targets = torch.cat([labels, labels])
-                    probe_loss = F.cross_entropy(logits.float(), targets)
-                    total = total + probe_loss
-                    probe_correct = (logits.argmax(1) == targets).float().sum()
-                    log_sums[2] += probe_correct
-                    log_sums[3] += targets.numel()
+                # The loss over the whole batch; detached values for the logs go into `logged`.
+                objective = partial(
+                    step_objective, labels=labels, negatives=negatives, loss_cfg=cfg.loss, logged=logged
+                )
+                if micro_batch is None:
+                    with autocast:
+                        out = train_module(views)
+                    total = objective(out)
+                else:  # gradient caching: forward and backward here, the loss still over the whole batch
+                    with autocast:
+                        total = grad_cache_two_views(
+                            train_module, views, objective, micro_batch, checkpoint=t.activation_checkpointing
+                        )
+                loss, z_a, z_b = logged["loss"], logged["z_a"], logged["z_b"]
+                if "probe_count" in logged:
+                    log_sums[2] += logged["probe_correct"]
+                    log_sums[3] += logged["probe_count"]
 
                 if not torch.isfinite(total):  # skipped, counted; the run stops after too many in a row
                     state.bad_steps += 1
                     state.skipped_steps += 1
-                    optimizer.zero_grad(set_to_none=True)
                 else:
-                    optimizer.zero_grad(set_to_none=True)
-                    total.backward()
+                    if micro_batch is None:
+                        total.backward()
                     # One fused norm over all gradients: non-finite if any element is (a single host sync).
                     grads = [p.grad for p in module.parameters() if p.grad is not None]
                     grads_ok = bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
@@ -406,7 +415,11 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                         if momentum_model is not None:
                             momentum_model.update(model, cfg.loss.memory_momentum)
                             with torch.no_grad(), autocast:
-                                _, z_m = momentum_model(views)
+                                if micro_batch is None:
+                                    _, z_m = momentum_model(views)
+                                else:  # in the online step's micro-batches (memory, BN statistics)
+                                    chunks = pair_micro_batches(views, micro_batch).split(2 * micro_batch)
+                                    z_m = unpair(torch.cat([momentum_model(c)[1] for c in chunks]), micro_batch)
                             queue.enqueue(F.normalize(z_m.float(), dim=1))
                     else:
                         state.bad_steps += 1
@@ -498,6 +511,29 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
     if stopped_by is not None:
         summary["signal"] = stopped_by
     return summary
+
+
+def step_objective(out, labels, negatives, loss_cfg, logged: dict) -> torch.Tensor:
+    """The step's loss from the whole batch's ``(h, z, logits)``, rows [view 1; view 2] (2B rows).
+
+    2 x NT-Xent (the official code's scale, see the module docstring; gathered across ranks, with the
+    memory queue's ``negatives`` (K, D) when given) plus the online probe's cross-entropy on ``labels`` (B,).
+    Float32 with autocast off, also when a gradient-cached step calls it inside its autocast. Detached values
+    for logging go into ``logged``: ``loss`` (the paper's NT-Xent), ``z_a`` and ``z_b`` (B, D), and
+    ``probe_correct`` / ``probe_count`` when the probe runs.
+    """
+    _, z, logits = out
+    with torch.autocast(z.device.type, enabled=False):
+        z_a, z_b = z.float().chunk(2)
+        loss = nt_xent(z_a, z_b, loss_cfg.temperature, queue=negatives, chunk_size=loss_cfg.chunk_size)
+        total = 2.0 * loss
+        logged.update(loss=loss.detach(), z_a=z_a.detach(), z_b=z_b.detach())
+        if logits is not None and labels is not None:
+            targets = torch.cat([labels, labels])
+            total = total + F.cross_entropy(logits.float(), targets)
+            logged["probe_correct"] = (logits.detach().argmax(1) == targets).float().sum()
+            logged["probe_count"] = targets.numel()
+    return total
 
 
 def _contrastive_accuracy(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,9 @@ inputs normalised per micro-batch, the caveat above.
 
 With the two views concatenated as in the engine (rows [0, N) view 1, [N, 2N) view 2), micro-batches of
 fewer than N rows hold one view of each image only, so positives never share BN statistics (the effect
-MoCo's shuffling BN aims at); interleave the views first for the paper's behaviour.
+MoCo's shuffling BN aims at); :func:`grad_cache_two_views` (what the engine runs for ``train.micro_batch``)
+regroups the rows so that each micro-batch holds both views of its images, as each accelerator's batch did in
+the paper's runs.
 
 Randomness: each micro-batch's RNG state (CPU and its CUDA device) is recorded before pass 1 and restored
 for pass 2, so dropout or stochastic depth draw the same masks in both passes.
@@ -267,4 +269,54 @@ def grad_cache_step(
     return loss.detach()
 
 
-__all__ = ["activation_checkpointing", "grad_cache_step"]
+def pair_micro_batches(views: Tensor, micro_batch: int) -> Tensor:
+    """Rows [v1; v2] (2N, ...) -> [v1_0; v2_0; v1_1; v2_1; ...]: micro-batches of both views of ``micro_batch`` images.
+
+    ``v1_k`` are rows [k m, (k + 1) m) of view 1 (m = ``micro_batch``, which must divide N), so chunk k of
+    ``.split(2 * m)`` is the 2m views of images [k m, (k + 1) m), view 1 first. Inverse: :func:`unpair`.
+    """
+    n = len(views) // 2
+    if micro_batch < 1 or 2 * n != len(views) or n % micro_batch:
+        raise ValueError(f"micro_batch={micro_batch} must divide the {n} images of {len(views)} views")
+    out = views.unflatten(0, (2, n // micro_batch, micro_batch)).transpose(0, 1).flatten(0, 2)  # (k, 2, m, ...)
+    if views.dim() == 4 and not views.is_contiguous() and views.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)  # the reshaping copy would drop the format
+    return out
+
+
+def unpair(rows: Tensor, micro_batch: int) -> Tensor:
+    """The inverse of :func:`pair_micro_batches`: rows back in [v1; v2] order."""
+    return rows.unflatten(0, (-1, 2, micro_batch)).transpose(0, 1).flatten(0, 2)  # (2, k, m, ...)
+
+
+def grad_cache_two_views(
+    model: nn.Module,
+    views: Tensor,
+    loss_fn: Callable[[Output], Tensor],
+    micro_batch: int,
+    *,
+    checkpoint: bool = False,
+    skip_nonfinite: bool = True,
+) -> Tensor:
+    """:func:`grad_cache_step` with micro-batches of ``micro_batch`` IMAGES, each with both its views.
+
+    ``views``: (2N, ...) with rows [0, N) view 1 and [N, 2N) view 2 of the same N images (the engine's
+    layout); ``micro_batch`` must divide N. Each forward pass sees the 2m views of m images
+    (:func:`pair_micro_batches`), so an image's two views share the micro-batch's BatchNorm statistics;
+    ``loss_fn`` still receives the full-batch output in ``views`` order. With ``micro_batch == N`` this is
+    one micro-batch of the whole batch (with ``checkpoint=True``: activation checkpointing alone).
+    Returns the loss, detached; gradients accumulate into ``.grad`` as with :func:`grad_cache_step`.
+    """
+    paired = pair_micro_batches(views, micro_batch)
+
+    def loss_in_views_order(out: Output) -> Tensor:
+        if isinstance(out, Tensor):
+            return loss_fn(unpair(out, micro_batch))
+        return loss_fn(tuple(None if t is None else unpair(t, micro_batch) for t in out))
+
+    return grad_cache_step(
+        model, paired, loss_in_views_order, 2 * micro_batch, checkpoint=checkpoint, skip_nonfinite=skip_nonfinite
+    )
+
+
+__all__ = ["activation_checkpointing", "grad_cache_step", "grad_cache_two_views", "pair_micro_batches", "unpair"]
