@@ -4,7 +4,7 @@
 
 1. ``pretrain/`` — contrastive pretraining (:func:`simclr.engine.pretrain`);
 2. ``linear-eval/`` — linear evaluation of the frozen encoder (``fast`` mode, all labels);
-3. for each label fraction F (default 1 % and 10 %): ``finetune-<F>/`` (fine-tuning of the pretrained
+3. for each label fraction F (default 1 %, 10 % and 100 %): ``finetune-<F>/`` (fine-tuning of the pretrained
    network on the subset), ``scratch-<F>/`` (the supervised baseline: the same network and labels, random
    init), ``distill-<F>/`` (self-distillation of the fine-tuned teacher into a student of the same size on
    the unlabeled train images, no labels read);
@@ -61,7 +61,7 @@ ROWS = (  # (key, row name), in the table's order
 class PipelineOptions:
     """Per-stage settings of :func:`run_pipeline` (None = the module docstring's default)."""
 
-    fractions: tuple[str, ...] = ("1%", "10%")
+    fractions: tuple[str, ...] = ("1%", "10%", "100%")
     pretrain_epochs: int | None = None  # None = the config's train.epochs
     finetune_epochs: int | None = None  # None = enough for finetune_steps
     finetune_steps: int = 150
@@ -376,7 +376,7 @@ def format_results(table: dict[str, Any]) -> str:
 def pipeline_command(
     config: Config,
     out: str | None,
-    fractions: str = "1%,10%",
+    fractions: str = "1%,10%,100%",
     pretrain_epochs: int | None = None,
     finetune_epochs: int | None = None,
     distill_epochs: int | None = None,
@@ -405,7 +405,7 @@ def add_pipeline_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser
     p = sub.add_parser("pipeline", help="pretrain -> linear eval -> fine-tune + baseline -> distill -> table")
     config_args(p)
     p.add_argument("--out", help="pipeline folder (one sub-folder per stage, results.md)")
-    p.add_argument("--fractions", default="1%,10%", help="label fractions, e.g. 1%%,10%%,100%% (default 1%%,10%%)")
+    p.add_argument("--fractions", default="1%,10%,100%", help="label fractions, e.g. 1%%,10%% (default 1%%,10%%,100%%)")
     p.add_argument("--pretrain-epochs", type=int, help="override the preset's pretraining epochs")
     p.add_argument("--finetune-epochs", type=int, help="fine-tune / baseline epochs (default: 150 steps)")
     p.add_argument("--distill-epochs", type=int, help="distillation epochs (default 2)")
