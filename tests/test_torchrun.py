@@ -4,7 +4,9 @@ The real launcher (``python -m torch.distributed.run --standalone``) starts the 
 With the random augmentations switched off, the views no longer depend on each rank's generator, so the
 two-process run must log the same losses and reach the same weights as one process on the same global batch
 (end to end: data sharding, global BN, gathered negatives, DDP, LARS, schedule, logging). A run stopped at
-``train.max_steps`` then continues with ``--resume`` on another number of processes.
+``train.max_steps`` then continues with ``--resume`` on another number of processes. The ranks take each
+step's decisions together: a SIGTERM that reaches only one worker, or a loss that is NaN on only one rank,
+stops or skips the step on both instead of leaving them in mismatched collectives.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +60,16 @@ def pretrain_args(data: Path, run: Path, settings: dict[str, str], *extra: str) 
     return ["pretrain", "--dataset", "npz", "--data", str(data), "--device", "cpu", "--out", str(run), *sets, *extra]
 
 
-def torchrun(nproc: int, args: list[str], logs: Path) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node NPROC -m simclr ARGS``; each rank's output under ``logs``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "--redirects", "3", "--log-dir", str(logs), "-m", "simclr", *args]  # fmt: skip
+def torchrun_cmd(nproc: int, args: list[str], logs: Path, script: Path | None = None) -> list[str]:
+    """``torchrun --standalone --nproc_per_node NPROC -m simclr ARGS`` (or ``SCRIPT ARGS``), output under ``logs``."""
+    entry = [str(script)] if script is not None else ["-m", "simclr"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "--redirects", "3", "--log-dir", str(logs), *entry, *args]  # fmt: skip
+
+
+def torchrun(nproc: int, args: list[str], logs: Path, script: Path | None = None) -> subprocess.CompletedProcess:
+    """Runs :func:`torchrun_cmd` to the end; each rank's output under ``logs``."""
+    cmd = torchrun_cmd(nproc, args, logs, script)
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=CHILD_ENV)
     assert result.returncode == 0, f"torchrun exit status {result.returncode}\n{result.stderr}\n{rank_logs(logs)}"
     return result
@@ -152,3 +162,101 @@ def test_one_process_run_resumes_on_two(tmp_path):
     # Two ranks, two different augmentation streams (restoring the one saved stream on both would repeat
     # every view of rank 0 on rank 1).
     assert len(gen) == 2 and not torch.equal(gen[0], gen[1])
+
+
+def worker_pids(launcher: int) -> dict[int, int]:
+    """``{rank: pid}`` of the workers a torchrun process started: its children, by ``RANK`` in their environment."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            env = (stat.parent / "environ").read_bytes().split(b"\0") if ppid == launcher else []
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours
+            continue
+        for item in env:
+            if item.startswith(b"RANK="):
+                found[int(item[5:])] = int(stat.parent.name)
+    return found
+
+
+def test_a_signal_to_one_worker_stops_both_at_the_same_step(tmp_path):
+    """SIGTERM to rank 1 only (as a scheduler or an OOM guard might send it): both ranks stop after the same
+    step, rank 0 writes that step's checkpoint and the summary, and --resume continues. Before the ranks
+    agreed on stopping, rank 1 went to its final checkpoint's all-gather while rank 0 started the next step's
+    collectives: a hang or a crash, and no checkpoint of the stopping step."""
+    data = write_npz(tmp_path / "d.npz")
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    settings = {**TINY, "train.epochs": "500"}  # 2000 steps: only the signal ends this run
+    cmd = torchrun_cmd(2, pretrain_args(data, run, settings), logs)
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+    workers: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 60
+        log = run / "metrics.jsonl"
+        while not log.is_file() or log.read_text().count("\n") < 2:  # two steps logged: both ranks in the loop
+            assert launcher.poll() is None and time.monotonic() < deadline, rank_logs(logs)
+            time.sleep(0.05)
+        workers = worker_pids(launcher.pid)
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGTERM)
+        _, err = launcher.communicate(timeout=20)  # a hang, before
+    finally:
+        for pid in [*workers.values(), launcher.pid]:  # the workers run in sessions of their own
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        launcher.wait()
+    ranks = rank_logs(logs)
+    assert launcher.returncode != 0  # the workers exit with 130, torchrun reports that
+    assert "Traceback" not in ranks["0/stderr"] + ranks["1/stderr"], ranks
+    assert "interrupted by signal" in ranks["0/stdout"], (err, ranks)
+    summary = json.loads((run / "summary.json").read_text())
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    stopped = summary["steps"]
+    assert summary["status"] == "interrupted" and saved["run_state"]["step"] == stopped >= 2
+    assert len(saved["rng"]["augment"]) == 2  # the final checkpoint's all-gather was a collective of both ranks
+    assert metrics(run)[-1]["step"] == stopped
+
+    assert main(pretrain_args(data, run, settings, "--resume", "--set", f"train.max_steps={stopped + 2}")) == 0
+    assert [r["step"] for r in metrics(run)] == list(range(1, stopped + 3))
+
+
+# Rank 1's NT-Xent is NaN at its second step, rank 0's stays finite (the loss of each rank is over its own rows).
+NAN_ON_RANK_1 = """
+import os, sys
+import simclr.engine as engine
+from simclr.cli import main
+
+if os.environ["RANK"] == "1":
+    real, calls = engine.nt_xent, []
+
+    def nt_xent(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    engine.nt_xent = nt_xent
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("micro_batch", [None, 4])
+def test_a_loss_non_finite_on_one_rank_is_skipped_on_both(tmp_path, micro_batch):
+    """Both ranks skip the step (before, rank 1 skipped its backward alone while rank 0 waited in DDP's
+    all-reduce); also with gradient caching, whose skip test runs inside simclr.gradcache."""
+    data = write_npz(tmp_path / "d.npz")
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    run = tmp_path / "run"
+    settings = {**TINY, "train.max_steps": "4"}
+    if micro_batch:
+        settings["train.micro_batch"] = str(micro_batch)
+    torchrun(2, pretrain_args(data, run, settings), tmp_path / "logs", script=script)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["skipped_steps"] == 1, summary
+    logged = metrics(run)
+    assert [r.get("skipped_steps", 0) for r in logged] == [0, 1, 1, 1]
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert saved["run_state"]["skipped_steps"] == 1 and saved["run_state"]["bad_steps"] == 0
+    assert all(torch.isfinite(v).all() for v in saved["module"].values() if v.is_floating_point())

@@ -130,6 +130,19 @@ def all_reduce_mean(t: Tensor) -> Tensor:
     return out
 
 
+def all_reduce_max(t: Tensor) -> Tensor:
+    """Element-wise maximum of ``t`` over ranks, as a new detached tensor (a copy when not distributed).
+
+    For decisions that every rank must take alike (stop after a signal, skip a non-finite step): each rank
+    passes what it saw as 0/1 flags (or a signal number), and all get the same answer, a logical OR. Every
+    rank must call it at the same point of its loop.
+    """
+    out = t.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out
+
+
 def all_gather_nograd(t: Tensor) -> Tensor:
     """Concatenation over ranks along dim 0 of equally-shaped ``t`` (rank order), without gradient."""
     if not is_distributed():
@@ -290,6 +303,7 @@ __all__ = [
     "DistInfo",
     "SyncBatchNorm",
     "all_gather_nograd",
+    "all_reduce_max",
     "all_reduce_mean",
     "barrier",
     "broadcast_object",

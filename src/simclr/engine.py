@@ -35,7 +35,9 @@ from simclr.data.base import channel_stats
 from simclr.distributed import (
     DistInfo,
     all_gather_nograd,
+    all_reduce_max,
     all_reduce_mean,
+    barrier,
     cleanup,
     convert_sync_batchnorm,
     init_distributed,
@@ -355,6 +357,25 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
             flush=True,
         )
     progress = _progress(total_steps, state.step, dist.is_main)
+    # The step's two decisions, the same on every rank (see skip_step): skip it, and the signal to stop on.
+    agreed = {"skip": False, "signal": 0}
+
+    def skip_step(total: torch.Tensor) -> bool:
+        """Whether any rank's loss is non-finite; every rank calls it once per step, at the same point.
+
+        Under torchrun each step's decisions must be the same on every rank, else their collectives pair
+        up wrongly and the run hangs: a rank skipping backward alone leaves the others in DDP's gradient
+        all-reduce, and a rank stopping alone (its signal seen a step before the others saw theirs) meets
+        their next step with its checkpoint's all-gather. So the signal this rank has seen (its number, 0 for
+        none) rides in the same all-reduce as the loss test: one 2-element MAX per step, where the loss is
+        read on the host anyway (microseconds on gloo, one tiny NCCL call on GPUs). Single process: no
+        collective, and the end of the step reads the signal flag itself, as before.
+        """
+        flags = torch.stack([(~torch.isfinite(total.detach())).float(), total.new_tensor(float(stop.signal or 0))])
+        bad, sig = all_reduce_max(flags).tolist()
+        agreed.update(skip=bad > 0, signal=int(sig))
+        return agreed["skip"]
+
     log_sums = torch.zeros(4, device=device)  # loss, contrastive acc, probe acc, probe count
     log_images, log_t0 = 0, time.perf_counter()
     stopped_by: int | None = None
@@ -390,23 +411,30 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                     with autocast:
                         out = train_module(views)
                     total = objective(out)
+                    skip_step(total)
                 else:  # gradient caching: forward and backward here, the loss still over the whole batch
                     with autocast:
                         total = grad_cache_two_views(
-                            train_module, views, objective, micro_batch, checkpoint=t.activation_checkpointing
+                            train_module,
+                            views,
+                            objective,
+                            micro_batch,
+                            checkpoint=t.activation_checkpointing,
+                            skip_nonfinite=skip_step,  # backward only when no rank's loss is non-finite
                         )
                 loss, z_a, z_b = logged["loss"], logged["z_a"], logged["z_b"]
                 if "probe_count" in logged:
                     log_sums[2] += logged["probe_correct"]
                     log_sums[3] += logged["probe_count"]
 
-                if not torch.isfinite(total):  # skipped, counted; the run stops after too many in a row
+                if agreed["skip"]:  # skipped, counted; the run stops after too many in a row
                     state.bad_steps += 1
                     state.skipped_steps += 1
                 else:
                     if micro_batch is None:
                         total.backward()
                     # One fused norm over all gradients: non-finite if any element is (a single host sync).
+                    # Under DDP the gradients are the all-reduced ones, the same on every rank, and so is this.
                     grads = [p.grad for p in module.parameters() if p.grad is not None]
                     grads_ok = bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
                     if grads_ok:
@@ -472,8 +500,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                     log_images, log_t0 = 0, time.perf_counter()
                 if state.step % t.checkpoint_every == 0:
                     checkpoint()
-                if stop.signal is not None:
-                    stopped_by = stop.signal
+                signalled = agreed["signal"] if dist.world_size > 1 else stop.signal
+                if signalled:  # on every rank at the same step
+                    stopped_by = signalled
                     break
                 if state.step >= max_steps and state.batch_in_epoch < steps_per_epoch:
                     break  # mid-epoch stop; at an epoch's last batch the epoch-end work below must still run
@@ -508,6 +537,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         os.replace(tmp, run_dir / "summary.json")
         note = "interrupted by signal; resume with --resume" if stopped_by is not None else "finished"
         print(f"simclr pretrain: {note}; checkpoint {ckpt_path}", flush=True)
+    # The other ranks wait until rank 0 has written the checkpoint and summary: under torchrun, the first
+    # worker to exit makes the launcher stop the others, which must not cut rank 0's writing short.
+    barrier()
     if stopped_by is not None:
         summary["signal"] = stopped_by
     return summary

@@ -50,6 +50,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from simclr.distributed import all_reduce_max
+
 Output = Tensor | Sequence[Tensor | None]
 
 
@@ -206,7 +208,7 @@ def grad_cache_step(
     micro_batch: int,
     *,
     checkpoint: bool = False,
-    skip_nonfinite: bool = True,
+    skip_nonfinite: bool | Callable[[Tensor], bool] = True,
 ) -> Tensor:
     """One gradient-cached forward/backward (GradCache, Gao et al. 2021); returns the loss, detached.
 
@@ -222,7 +224,10 @@ def grad_cache_step(
         checkpoint: also checkpoint the encoder's stages in the second pass (see
             :func:`activation_checkpointing`), for micro-batches that do not fit otherwise.
         skip_nonfinite: when the loss is NaN/inf, return it without any backward (parameter gradients
-            untouched), as the engine skips such steps; this reads the loss on the host (one sync).
+            untouched), as the engine skips such steps; this reads the loss on the host (one sync). Under
+            torch.distributed the test is whether ANY rank's loss is non-finite (one all-reduce), so that all
+            ranks skip together (a rank that skipped alone would leave the others waiting in DDP's gradient
+            all-reduce). A callable ``skip(loss) -> bool`` replaces the test; it must agree across ranks too.
 
     Parameter gradients are accumulated into ``.grad`` (zero them before, as for ``loss.backward()``).
     BatchNorm running statistics are updated once per call with full-batch statistics (see the module
@@ -246,7 +251,11 @@ def grad_cache_step(
     reps = _leaves(_concat(outputs))
     del outputs
     loss = loss_fn(reps)
-    if skip_nonfinite and not torch.isfinite(loss):
+    if callable(skip_nonfinite):
+        skip = skip_nonfinite(loss)
+    else:
+        skip = skip_nonfinite and bool(all_reduce_max((~torch.isfinite(loss.detach())).float()))
+    if skip:
         return loss.detach()
     loss.backward()
     cached = [None if (t is None or t.grad is None) else t.grad.split(micro_batch) for t in _as_list(reps)]
@@ -296,7 +305,7 @@ def grad_cache_two_views(
     micro_batch: int,
     *,
     checkpoint: bool = False,
-    skip_nonfinite: bool = True,
+    skip_nonfinite: bool | Callable[[Tensor], bool] = True,
 ) -> Tensor:
     """:func:`grad_cache_step` with micro-batches of ``micro_batch`` IMAGES, each with both its views.
 
