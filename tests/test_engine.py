@@ -30,3 +30,24 @@ def test_last_epoch_is_counted_and_monitored(tmp_path):
     assert summary["status"] == "finished" and summary["steps"] == 4 and summary["epochs"] == 2
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if "knn_monitor_top1" in r] == [1, 2]
+
+
+def test_a_run_stopped_by_max_steps_says_so_and_resumes_to_finished(tmp_path, capsys):
+    """train.max_steps before the schedule's end is not "finished" (the pipeline would take such a smoke run
+    for a done pretraining); --resume continues it, and a stop exactly at the end is "finished"."""
+    from simclr.cli import main
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, images=rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8), labels=np.arange(32) % 4)
+    run = tmp_path / "run"
+    args = ["pretrain", "--dataset", "npz", "--data", str(npz), "--device", "cpu", "--out", str(run),
+            "--set", "model.width_multiplier=0.0625", "--set", "train.batch_size=16", "--set", "train.epochs=1",
+            "--set", "monitor.knn=false"]  # fmt: skip
+    assert main([*args, "--set", "train.max_steps=1"]) == 0  # a deliberate stop: exit status 0
+    assert "stopped at step 1 of 2 (train.max_steps)" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "stopped_at_max_steps" and summary["steps"] == 1 and summary["total_steps"] == 2
+    assert main([*args, "--resume", "--set", "train.max_steps=2"]) == 0  # max_steps = the schedule's end
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 2 and summary["epochs"] == 1

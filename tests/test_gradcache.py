@@ -276,7 +276,7 @@ def tiny_run(tmp_path, *overrides: str, name: str = "run") -> tuple[dict, dict]:
         ],
     )  # fmt: skip
     summary = pretrain(cfg, tmp_path / name)
-    assert summary["status"] == "finished"
+    assert summary["status"] == "stopped_at_max_steps"
     last = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[-1])
     return load_checkpoint(tmp_path / name / "checkpoints" / "last.pt"), last
 
@@ -310,7 +310,7 @@ def test_pretrain_command_with_micro_batches_and_checkpointing(tmp_path, capsys)
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["steps"] == 2
+    assert summary["status"] == "stopped_at_max_steps" and summary["steps"] == 2
     assert "model" in load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
 
 

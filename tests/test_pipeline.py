@@ -195,3 +195,25 @@ def test_pipeline_quick_on_fashion_mnist(tmp_path):
     table = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert table["columns"] == ["1%", "10%", "100%"] and table["dataset"] == "fashion-mnist"
     assert all(r["cells"] for r in table["rows"])
+
+
+def test_a_pretraining_stopped_at_max_steps_is_resumed_not_skipped(tmp_path, capsys):
+    """A `--set train.max_steps=N` smoke run in the pipeline's pretrain folder is continued to the end of its
+    schedule by a pipeline without max_steps; a pipeline whose own max_steps it reached (--quick) skips it."""
+    from simclr.engine import pretrain
+    from simclr.pipeline import _pretrain_stage
+
+    cfg = tiny_config(write_npz(tmp_path / "tiny.npz", n_train=32))
+    cfg.train.batch_size, cfg.train.epochs, cfg.monitor.knn = 16, 1, False
+    folder = tmp_path / "pipe" / "pretrain"
+    cfg.train.max_steps = 1
+    assert pretrain(cfg, folder)["status"] == "stopped_at_max_steps"
+    capsys.readouterr()
+    assert _pretrain_stage(cfg, folder)["steps"] == 1  # the pipeline's own stopping point: done
+    assert "skipped" in capsys.readouterr().out
+    cfg.train.max_steps = None
+    summary = _pretrain_stage(cfg, folder)
+    assert "pretrain (resumed)" in capsys.readouterr().out
+    assert summary["status"] == "finished" and summary["steps"] == 2
+    assert json.loads((folder / "summary.json").read_text())["status"] == "finished"
+    assert _pretrain_stage(cfg, folder)["steps"] == 2 and "skipped" in capsys.readouterr().out

@@ -127,7 +127,8 @@ def test_only_rank_zero_writes_and_prints(runs):
     logs = rank_logs(runs["logs"])
     assert set(logs) == {"0/stdout", "0/stderr", "1/stdout", "1/stderr"}
     assert logs["0/stdout"].count("simclr pretrain: 64 images") == 1, logs
-    assert "finished" in logs["0/stdout"] and "step" in logs["0/stderr"]  # summary line, progress bar
+    assert f"stopped at step {STOP} of {STEPS}" in logs["0/stdout"] and "step" in logs["0/stderr"]  # summary, bar
+    assert json.loads((runs["two"] / "summary.json").read_text())["status"] == "stopped_at_max_steps"
     assert logs["1/stdout"] == "" and logs["1/stderr"] == "", logs
 
 
@@ -220,6 +221,7 @@ def test_a_signal_to_one_worker_stops_both_at_the_same_step(tmp_path):
 
     assert main(pretrain_args(data, run, settings, "--resume", "--set", f"train.max_steps={stopped + 2}")) == 0
     assert [r["step"] for r in metrics(run)] == list(range(1, stopped + 3))
+    assert json.loads((run / "summary.json").read_text())["status"] == "stopped_at_max_steps"
 
 
 # Rank 1's NT-Xent is NaN at its second step, rank 0's stays finite (the loss of each rank is over its own rows).

@@ -520,10 +520,17 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         checkpoint()
     progress.close()
 
+    if stopped_by is not None:
+        status = "interrupted"
+    elif state.epoch < t.epochs:
+        status = "stopped_at_max_steps"  # train.max_steps before the schedule's end: --resume continues it
+    else:
+        status = "finished"
     summary = {
         "run_dir": str(run_dir),
-        "status": "interrupted" if stopped_by is not None else "finished",
+        "status": status,
         "steps": state.step,
+        "total_steps": total_steps,
         "epochs": state.epoch,
         "skipped_steps": state.skipped_steps,
         "checkpoint": str(ckpt_path),
@@ -535,7 +542,12 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         tmp = run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, run_dir / "summary.json")
-        note = "interrupted by signal; resume with --resume" if stopped_by is not None else "finished"
+        note = {
+            "interrupted": "interrupted by signal; resume with --resume",
+            "stopped_at_max_steps": f"stopped at step {state.step} of {total_steps} (train.max_steps); "
+            "--resume continues to the end",
+            "finished": "finished",
+        }[status]
         print(f"simclr pretrain: {note}; checkpoint {ckpt_path}", flush=True)
     # The other ranks wait until rank 0 has written the checkpoint and summary: under torchrun, the first
     # worker to exit makes the launcher stop the others, which must not cut rank 0's writing short.

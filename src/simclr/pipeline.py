@@ -137,13 +137,21 @@ def _distill_stage(out_dir: Path, teacher_dir: Path, device: Any, **kwargs: Any)
 
 
 def _pretrain_stage(cfg: Config, folder: Path) -> dict[str, Any]:
-    """Pretraining, skipped when finished, resumed from ``checkpoints/last.pt`` when stopped."""
+    """Pretraining, skipped when done, resumed from ``checkpoints/last.pt`` when stopped.
+
+    Done means finished, or stopped by ``train.max_steps`` at or past this pipeline's own ``train.max_steps``
+    (``--quick``); a run stopped earlier (a ``--set train.max_steps=N`` smoke run, a signal) is resumed to the
+    end of its schedule, or to this pipeline's ``train.max_steps``.
+    """
     from simclr.engine import pretrain
 
     summary = folder / "summary.json"
     if summary.is_file():
         done = json.loads(summary.read_text())
-        if done.get("status") == "finished":
+        status, target = done.get("status"), cfg.train.max_steps
+        if status == "finished" or (
+            status == "stopped_at_max_steps" and target is not None and done.get("steps", 0) >= target
+        ):
             print(f"pipeline: pretrain: done before ({summary}), skipped", flush=True)
             return done
     resume = (folder / "checkpoints" / "last.pt").is_file()

@@ -327,6 +327,9 @@ def _run_facts(run: Path, cfg) -> str:
             summary = json.loads((run / "summary.json").read_text())
         except json.JSONDecodeError:
             summary = {}
+    steps = summary.get("steps", "?")
+    if summary.get("total_steps") is not None:  # e.g. "3 of 8": a run stopped at train.max_steps
+        steps = f"{steps} of {summary['total_steps']}"
     m, t, a = cfg.model, cfg.train, cfg.augment
     rows = [
         ("run folder", run),
@@ -348,7 +351,7 @@ def _run_facts(run: Path, cfg) -> str:
         ),
         (
             "status",
-            f"{summary.get('status', 'unknown')}, {summary.get('steps', '?')} steps on "
+            f"{summary.get('status', 'unknown')}, {steps} steps on "
             f"{summary.get('device', '?')} x {summary.get('world_size', '?')}",
         ),
     ]
