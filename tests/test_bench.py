@@ -48,7 +48,7 @@ def test_bench_json_has_every_field(tiny_npz: Path, tmp_path: Path, capsys) -> N
     out = tmp_path / "bench.json"
     bench.bench_command(
         overrides=tiny_overrides(tiny_npz), steps=2, warmup=1, batch_size=8, out_json=str(out), baselines=True,
-        repeats=2, channels_last="both", micro_batch=6, workers=2,
+        repeats=2, channels_last="both", micro_batch=4, workers=2,
     )  # fmt: skip
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
@@ -57,7 +57,7 @@ def test_bench_json_has_every_field(tiny_npz: Path, tmp_path: Path, capsys) -> N
     assert result["setup"]["views_per_step"] == 16 and result["setup"]["pil_workers"] == 2
     names = {
         "pretrain[channels_last]", "pretrain[nchw]", "ceiling[channels_last]", "ceiling[nchw]",
-        "pretrain[micro_batch=6]", "baseline_pil",
+        "pretrain[micro_batch=4]", "baseline_pil",
     }  # fmt: skip
     assert set(result["variants"]) == names
     for name, v in result["variants"].items():
@@ -69,11 +69,11 @@ def test_bench_json_has_every_field(tiny_npz: Path, tmp_path: Path, capsys) -> N
         assert sum(v["phases_fraction"].values()) == pytest.approx(1.0)
     assert result["variants"]["pretrain[nchw]"]["phases_s"]["augment"] > 0
     assert result["variants"]["baseline_pil"]["phases_s"]["augment"] == 0  # done in the workers
-    assert result["variants"]["pretrain[micro_batch=6]"]["phases_s"]["grad_cache"] > 0
+    assert result["variants"]["pretrain[micro_batch=4]"]["phases_s"]["grad_cache"] > 0
     assert set(result["ratios"]) == {
         "pretrain[channels_last] / ceiling[channels_last]", "pretrain[nchw] / ceiling[nchw]",
         "pretrain[channels_last] / baseline_pil", "pretrain[nchw] / baseline_pil",
-        "pretrain[micro_batch=6] / baseline_pil",
+        "pretrain[micro_batch=4] / baseline_pil",
     }  # fmt: skip
     for name in names:
         assert name in printed
@@ -111,6 +111,34 @@ def test_dry_run_takes_micro_batches_into_account(tiny_npz: Path) -> None:
     assert "gradient caching: micro-batches of 2 images, activation checkpointing" in "\n".join(lines)
     with pytest.raises(SimCLRError, match="train.micro_batch"):
         bench.dry_run(load_config(overrides=[*overrides, "train.micro_batch=3"]), out=lines.append)
+
+
+def test_gradient_cached_variant_takes_the_engines_step(tiny_npz: Path, monkeypatch) -> None:
+    """`micro_batch` counts images, each forward pass holding both views of its images, and NT-Xent runs in
+    float32 with autocast off, as in the engine (before: micro-batches of views, the loss under bf16 autocast)."""
+    import simclr.engine
+    import simclr.loss
+
+    cfg = load_config(overrides=[*tiny_overrides(tiny_npz), "train.batch_size=8", "train.precision=bf16"])
+    trainer = bench.make_trainer(cfg, torch.device("cpu"), 12, 3, micro_batch=4)
+    passes, autocast_in_loss = [], []
+    forward = trainer.train_module.forward
+    monkeypatch.setattr(trainer.train_module, "forward", lambda x: passes.append(x[:, 0, 0, 0].tolist()) or forward(x))
+    real_nt_xent = simclr.loss.nt_xent
+
+    def nt_xent(*args, **kwargs):
+        autocast_in_loss.append(torch.is_autocast_enabled("cpu"))
+        return real_nt_xent(*args, **kwargs)
+
+    monkeypatch.setattr(simclr.engine, "nt_xent", nt_xent)
+    monkeypatch.setattr(simclr.loss, "nt_xent", nt_xent)
+    image = torch.arange(8.0)[:, None, None, None].expand(8, 3, 12, 12)
+    views = torch.cat([image, image + 100])  # view 2 of image i: i + 100
+    trainer.train_on_views(views, torch.arange(8) % 3, bench.PhaseClock(torch.device("cpu"), enabled=False))
+    both_views = [[0, 1, 2, 3, 100, 101, 102, 103], [4, 5, 6, 7, 104, 105, 106, 107]]
+    assert passes == both_views * 2  # two passes of gradient caching, 4 images x 2 views each
+    assert autocast_in_loss == [False]
+    assert float(trainer.extra["sums"][0]) > 0  # the logged loss
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -4,8 +4,11 @@
 
 - ``pretrain``: the engine's step (a copy of the loop body of :func:`simclr.engine.pretrain`; keep them in
   step): a batch from the batch source, two views by :class:`~simclr.augment.Augment` on the device, forward
-  under autocast, NT-Xent (+ the online probe), backward, the engine's CPU gradient check, the optimizer, the
-  BN-statistics copy and the logging sums (+ momentum encoder and queue when ``loss.memory_size > 0``);
+  under autocast, NT-Xent (+ the online probe) in float32 through the engine's own
+  :func:`~simclr.engine.step_objective`, backward, the engine's CPU gradient check, the optimizer, the
+  BN-statistics copy and the logging sums (+ momentum encoder and queue when ``loss.memory_size > 0``); with
+  ``micro_batch`` the engine's gradient-cached step instead (:func:`~simclr.gradcache.grad_cache_two_views`,
+  ``micro_batch`` images with both their views per forward pass, as ``train.micro_batch``);
 - ``ceiling``: the bare training step on pre-made random views: forward, the SAME NT-Xent (not a trivial
   function of z, so ``pretrain / ceiling`` isolates data, augmentation and the engine's extras), backward,
   optimizer step; no probe, queue, gradient check or logging;
@@ -42,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from simclr.errors import SimCLRError
@@ -175,7 +179,7 @@ class Trainer:
     bare: bool  # the ceiling: no probe, queue, gradient check or logging
     momentum_model: Any = None
     queue: Any = None
-    micro_batch: int | None = None  # views per forward pass with gradient caching
+    micro_batch: int | None = None  # IMAGES per forward pass with gradient caching, each with both views
     checkpoint_stages: bool = False
     step: int = 0
     extra: dict = field(default_factory=dict)  # log sums, BN buffers
@@ -194,7 +198,8 @@ class Trainer:
         import torch
         import torch.nn.functional as F
 
-        from simclr.loss import nt_xent
+        from simclr.engine import step_objective
+        from simclr.gradcache import grad_cache_two_views, pair_micro_batches, unpair
         from simclr.optim import lr_at
 
         cfg = self.cfg
@@ -202,33 +207,23 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         record: dict[str, Any] = {}
+        # The engine's objective: 2 x NT-Xent (+ the probe's cross-entropy), in float32 with autocast off.
+        negatives = self.queue.negatives() if self.queue is not None else None
+        objective = partial(step_objective, labels=labels, negatives=negatives, loss_cfg=cfg.loss, logged=record)
 
-        def loss_fn(out):
-            h, z, logits = out
-            z_a, z_b = z.float().chunk(2)
-            negatives = self.queue.negatives() if self.queue is not None else None
-            loss = nt_xent(z_a, z_b, cfg.loss.temperature, queue=negatives, chunk_size=cfg.loss.chunk_size)
-            total = 2.0 * loss
-            if logits is not None and labels is not None:
-                targets = torch.cat([labels, labels])
-                total = total + F.cross_entropy(logits.float(), targets)
-                record["probe_correct"] = (logits.detach().argmax(1) == targets).float().sum()
-            record.update(loss=loss.detach(), z_a=z_a.detach(), z_b=z_b.detach())
-            return total
-
-        if self.micro_batch or self.checkpoint_stages:  # checkpointing alone: one micro-batch of the whole batch
-            from simclr.gradcache import grad_cache_step
-
+        # Gradient caching as in the engine: micro-batches of `micro_batch` images with both their views;
+        # activation checkpointing alone is one micro-batch of the whole batch.
+        micro = (self.micro_batch or len(views) // 2) if (self.micro_batch or self.checkpoint_stages) else None
+        if micro:
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast:
-                rows = self.micro_batch or len(views)
-                grad_cache_step(self.train_module, views, loss_fn, rows, checkpoint=self.checkpoint_stages)
+                grad_cache_two_views(self.train_module, views, objective, micro, checkpoint=self.checkpoint_stages)
             clock.mark("grad_cache")
         else:
             with self.autocast:
                 out = self.train_module(views)
             clock.mark("forward")
-            total = loss_fn(out)
+            total = objective(out)
             if not self.bare:
                 bool(torch.isfinite(total))  # the engine's skip test reads the loss on the host
             clock.mark("loss")
@@ -243,7 +238,11 @@ class Trainer:
         if self.momentum_model is not None:
             self.momentum_model.update(self.module.model, cfg.loss.memory_momentum)
             with torch.no_grad(), self.autocast:
-                _, z_m = self.momentum_model(views)
+                if micro is None:
+                    _, z_m = self.momentum_model(views)
+                else:  # in the online step's micro-batches, as the engine
+                    chunks = pair_micro_batches(views, micro).split(2 * micro)
+                    z_m = unpair(torch.cat([self.momentum_model(c)[1] for c in chunks]), micro)
             self.queue.enqueue(F.normalize(z_m.float(), dim=1))
             clock.mark("momentum")
         if not self.bare:
@@ -634,8 +633,10 @@ def run_benchmark(
     ``cfg`` gives model, batch size (``train.batch_size``), device, precision, loss and augmentation.
     ``compile``: ``off`` | ``on`` | ``both`` (torch.compile of the module, measured both ways with ``both``);
     ``channels_last``: ``config`` (``train.channels_last``, None = on for CUDA) | ``on`` | ``off`` | ``both``.
-    ``baselines``: also the ceiling and the PIL baseline. ``micro_batch``: add a gradient-cached variant
-    (:func:`simclr.gradcache.grad_cache_step`), ``checkpoint_stages`` with activation checkpointing.
+    ``baselines``: also the ceiling and the PIL baseline. ``micro_batch``: add a gradient-cached variant, the
+    engine's ``train.micro_batch`` step (:func:`simclr.gradcache.grad_cache_two_views`: ``micro_batch`` images
+    with both their views per forward pass; it must divide the batch), ``checkpoint_stages`` with activation
+    checkpointing.
     Returns the JSON-ready result (``variants``, ``ratios``, ``setup``); see :func:`format_table`.
     """
     import torch
@@ -646,6 +647,11 @@ def run_benchmark(
 
     if steps < 1 or warmup < 0 or repeats < 1:
         raise SimCLRError(f"bench: need steps >= 1, warmup >= 0, repeats >= 1 (got {steps}, {warmup}, {repeats})")
+    if micro_batch and (micro_batch < 1 or cfg.train.batch_size % micro_batch):
+        raise SimCLRError(
+            f"bench --micro-batch {micro_batch}: images per forward pass, must divide the batch of "
+            f"{cfg.train.batch_size} images"
+        )
     device = resolve_device(cfg.train.device)
     load_before = os.getloadavg()
     data, note = bench_data(cfg, synthetic)
@@ -991,7 +997,7 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
     micro = cfg.train.micro_batch if micro_batch_images(cfg.train) else None  # checks the key as pretrain does
     trainer = make_trainer(
         cfg, device, image_size, num_classes, compile=cfg.train.compile, channels_last=cl,
-        micro_batch=2 * micro if micro else None, checkpoint_stages=cfg.train.activation_checkpointing,
+        micro_batch=micro, checkpoint_stages=cfg.train.activation_checkpointing,
     )  # fmt: skip
     augment = Augment(cfg.augment, image_size, mean=mean, std=std).to(device)
     batch = cfg.train.batch_size
@@ -1144,7 +1150,7 @@ def add_bench_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the PIL baseline")
     p.add_argument("--synthetic", action="store_true", help="random images of the dataset's shape")
-    p.add_argument("--micro-batch", type=int, help="also measure gradient caching with this many views per pass")
+    p.add_argument("--micro-batch", type=int, help="also measure gradient caching: images per pass (train.micro_batch)")
     p.add_argument("--checkpoint-stages", action="store_true", help="activation checkpointing with --micro-batch")
     p.add_argument("--loss-memory", action="store_true", help="only compare plain vs chunked NT-Xent memory")
     p.add_argument("--loss-views", type=int, default=8192, help="2N for --loss-memory")
