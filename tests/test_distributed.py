@@ -118,6 +118,7 @@ def _worker(rank_: int, port: int, out: str) -> None:
             "sync_bn": all(type(m).__name__ == "SyncBatchNorm" for m in model if "BatchNorm" in type(m).__name__),
             "shared": broadcast_object({"from": rank()}),
         }
+        del ddp  # a DDP reducer alive at destroy_process_group aborts the process at exit (see cleanup())
         if is_main():
             torch.save(result, out)
     finally:
