@@ -107,11 +107,11 @@ def cleanup() -> None:
     Drop every ``DistributedDataParallel`` wrapper first (the caller's own references included): a DDP reducer
     that outlives the gloo group aborts the process at interpreter exit ("terminate called without an active
     exception", about one run in three with torch 2.13), which torchrun reports as a failed rank after a
-    finished run. The garbage collection here frees wrappers held only in reference cycles.
+    finished run. The garbage collection here frees wrappers held only in reference cycles. No barrier: a rank
+    leaving on an error must not wait for ranks stuck in a collective.
     """
     if _initialized():
         gc.collect()
-        dist.barrier()
         dist.destroy_process_group()
 
 
