@@ -632,7 +632,7 @@ def run_benchmark(
 
     ``cfg`` gives model, batch size (``train.batch_size``), device, precision, loss and augmentation.
     ``compile``: ``off`` | ``on`` | ``both`` (torch.compile of the module, measured both ways with ``both``);
-    ``channels_last``: ``config`` (``train.channels_last``, None = on for CUDA) | ``on`` | ``off`` | ``both``.
+    ``channels_last``: ``config`` (``train.channels_last``, None = on) | ``on`` | ``off`` | ``both``.
     ``baselines``: also the ceiling and the PIL baseline. ``micro_batch``: add a gradient-cached variant, the
     engine's ``train.micro_batch`` step (:func:`simclr.gradcache.grad_cache_two_views`: ``micro_batch`` images
     with both their views per forward pass; it must divide the batch), ``checkpoint_stages`` with activation
@@ -667,7 +667,7 @@ def run_benchmark(
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     compiles = {"off": [False], "on": [True], "both": [False, True]}[_choice(compile, "compile")]
-    cl_default = cfg.train.channels_last if cfg.train.channels_last is not None else device.type == "cuda"
+    cl_default = cfg.train.channels_last is not False  # as the engine: None = on
     cl_modes = {"config": [cl_default], "on": [True], "off": [False], "both": [True, False]}[
         _choice(channels_last, "channels_last")
     ]

@@ -102,7 +102,7 @@ class TrainConfig:
     accumulate: int = 1  # gradient accumulation steps per optimizer step
     seed: int = 0
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
-    channels_last: bool | None = None  # None = on for CUDA
+    channels_last: bool | None = None  # None = on (1.1-1.2x faster than NCHW on CPU too: benchmarks/)
     compile: bool = False
     global_bn: bool = True  # SyncBatchNorm when distributed
     deterministic: bool = False
