@@ -367,3 +367,28 @@ def test_random_baseline_calibrates_batchnorm_to_the_data():
     assert torch.allclose(net[1].running_mean, expected_mean, atol=1e-4)
     assert torch.equal(net[0].weight, weight)
     assert not net.training
+
+
+def test_raw_pixel_baseline_reads_the_stored_side_not_the_upsampled_views(tmp_path, monkeypatch):
+    """With model.input_size above the stored side, the encoder sees upsampled views but the raw-pixel
+    probe is fitted on the stored pixels (SIZE x SIZE), the stronger reference."""
+    import simclr.eval.linear as lin
+
+    cfg = tiny_config()
+    cfg.model.input_size = 2 * SIZE
+    model = build_model(cfg.model, 2 * SIZE)
+    state = {"kind": "pretrain", "config": config_to_dict(cfg), "model": model.state_dict()}
+    save_checkpoint({**state, "image_size": 2 * SIZE, "data_stats": {"mean": [0.4], "std": [0.25]}}, tmp_path / "p.pt")
+    pre = load_pretrained(tmp_path / "p.pt")
+    assert pre.image_size == 2 * SIZE
+    dims: list[int] = []
+    fit = lin.fit_linear
+
+    def spy(feats, *args, **kwargs):
+        dims.append(feats.shape[1])
+        return fit(feats, *args, **kwargs)
+
+    monkeypatch.setattr(lin, "fit_linear", spy)
+    out = lin.fast_baselines(pre, tiny_images(32, 0), tiny_images(16, 1))
+    assert dims[-1] == 3 * SIZE * SIZE  # stored side (grey replicated to the encoder's 3 channels)
+    assert 0 <= out["raw_pixels"]["top1"] <= 100

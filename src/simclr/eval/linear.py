@@ -305,7 +305,10 @@ def fast_baselines(
 
     ``random_encoder``: the same architecture at its random initialisation (seeded), frozen, with its BN
     statistics calibrated on the training images;
-    ``raw_pixels``: a logistic regression on the preprocessed pixels themselves. Returns top-1/top-5 (%).
+    ``raw_pixels``: a logistic regression on the stored pixels themselves (centre crop and normalisation
+    of the evaluation preprocessing, but at the stored side: a run whose ``model.input_size`` upsamples
+    the images would otherwise give the pixel probe more, redundant dimensions and a weaker figure).
+    Returns top-1/top-5 (%).
     """
     from simclr.checkpoint import Pretrained as _P
     from simclr.models.build import build_model
@@ -322,8 +325,9 @@ def fast_baselines(
     rnd = linear_eval(random_pre, train, test, mode="fast", seed=seed, device=device)
     flat = nn.Flatten()
     num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
-    tr = extract_features(flat, train.images, transform, 1024, device, desc="raw train")
-    te = extract_features(flat, test.images, transform, 1024, device, desc="raw test")
+    raw_transform = eval_transform_for(pretrained.config, int(train.images.shape[-1]), pretrained.mean, pretrained.std)
+    tr = extract_features(flat, train.images, raw_transform, 1024, device, desc="raw train")
+    te = extract_features(flat, test.images, raw_transform, 1024, device, desc="raw test")
     clf = fit_linear(tr, train.labels.to(device), num_classes, seed=seed)
     with torch.no_grad():
         raw = topk_accuracy(clf(te), test.labels.to(device))
