@@ -78,7 +78,10 @@ def test_pipeline_quick_end_to_end_and_skips_finished_stages(tmp_path, capsys):
     assert rows["distill"]["25%"]["metrics"] == "distill-25pct/metrics.json"
     assert rows["finetune"]["25%"]["card"]["subset_hash"] == rows["scratch"]["25%"]["card"]["subset_hash"]
     distilled = json.loads((out / "distill-25pct" / "metrics.json").read_text())
-    assert distilled["self_distillation"] and distilled["n_labelled"] == 0  # no labels read by the student
+    teacher = json.loads((out / "finetune-25pct" / "metrics.json").read_text())
+    # default alpha 0.5: the student mixes the teacher's probabilities with the teacher's own labelled subset
+    assert distilled["self_distillation"] and distilled["alpha"] == 0.5
+    assert distilled["n_labelled"] == teacher["n_labelled"] > 0
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(table["rows"]))
 
     md = (out / "results.md").read_text()
@@ -113,7 +116,8 @@ def test_command_passes_every_option(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(simclr.pipeline, "run_pipeline", lambda cfg, out, o: seen.update(o=o, out=out) or {})
-    kwargs = dict(pretrain_epochs=2, finetune_epochs=3, distill_epochs=4, distill_init="scratch", quick=True, seed=5)
+    kwargs = dict(pretrain_epochs=2, finetune_epochs=3, distill_epochs=4, distill_init="scratch", quick=True, seed=5,
+                  distill_alpha=0.3, distill_temperature=1.0)  # fmt: skip
     assert pipeline_command(load_config(preset="fashion-mnist"), "x", fractions="1%,100%", **kwargs) == 0
     assert seen["out"] == "x" and seen["o"].fractions == ("1%", "100%")
     for key, value in kwargs.items():
@@ -217,3 +221,12 @@ def test_a_pretraining_stopped_at_max_steps_is_resumed_not_skipped(tmp_path, cap
     assert summary["status"] == "finished" and summary["steps"] == 2
     assert json.loads((folder / "summary.json").read_text())["status"] == "finished"
     assert _pretrain_stage(cfg, folder)["steps"] == 2 and "skipped" in capsys.readouterr().out
+
+
+def test_pipeline_distill_alpha_one_reads_no_label(tmp_path):
+    """--distill-alpha 1: the student sees only the unlabelled images and the teacher's probabilities."""
+    npz = write_npz(tmp_path / "tiny.npz")
+    opts = PipelineOptions(fractions=("50%",), quick=True, distill_alpha=1.0)
+    run_pipeline(tiny_config(npz), tmp_path / "pipe", opts)
+    distilled = json.loads((tmp_path / "pipe" / "distill-50pct" / "metrics.json").read_text())
+    assert distilled["alpha"] == 1.0 and distilled["n_labelled"] == 0

@@ -184,6 +184,8 @@ def _pipeline(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         distill_epochs=args.distill_epochs,
         distill_init=args.distill_init,
+        distill_alpha=args.distill_alpha,
+        distill_temperature=args.distill_temperature,
         quick=args.quick,
         seed=args.seed,
     )
