@@ -230,3 +230,12 @@ def test_pipeline_distill_alpha_one_reads_no_label(tmp_path):
     run_pipeline(tiny_config(npz), tmp_path / "pipe", opts)
     distilled = json.loads((tmp_path / "pipe" / "distill-50pct" / "metrics.json").read_text())
     assert distilled["alpha"] == 1.0 and distilled["n_labelled"] == 0
+
+
+def test_finetune_epochs_rule_on_fashion_mnist_sizes():
+    """150 steps and at least 3 epochs: 1 % (600 images, batch 120) 30, 10 % (6,000, batch 256) 7, 100 % 3."""
+    from simclr.pipeline import finetune_epochs_for
+
+    o = PipelineOptions()
+    assert [finetune_epochs_for(n, b, o) for n, b in ((600, 120), (6000, 256), (60000, 256))] == [30, 7, 3]
+    assert finetune_epochs_for(60000, 256, PipelineOptions(finetune_epochs=5)) == 5
