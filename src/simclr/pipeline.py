@@ -55,7 +55,7 @@ from simclr.config import Config
 from simclr.errors import SimCLRError
 
 DISTILL_EPOCHS = 4
-DISTILL_ALPHA = 0.5  # weight of the teacher's labels; 1 - alpha goes to the fraction's true labels
+DISTILL_ALPHA = 0.5  # weight of the distillation term (teacher probabilities); 1 - alpha: the fraction's labels
 ROWS = (  # (key, row name), in the table's order
     ("scratch", "supervised (scratch)"),
     ("linear", "linear eval"),
