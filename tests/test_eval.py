@@ -48,19 +48,19 @@ def tiny_images(n: int, seed: int, channels: int = 1) -> ImageData:
     return ImageData(images, labels, [f"class{c}" for c in range(CLASSES)], names, f"synthetic-{seed}")
 
 
-def write_pretrained(path, head_layers: int = 3, **config_changes) -> Config:
+def write_pretrained(path, head_layers: int = 3, image_size: int = SIZE, **config_changes) -> Config:
     cfg = tiny_config(head_layers)
     for key, value in config_changes.items():
         section, name = key.split("__")
         setattr(getattr(cfg, section), name, value)
     torch.manual_seed(0)
-    model = build_model(cfg.model, SIZE)
+    model = build_model(cfg.model, image_size)
     save_checkpoint(
         {
             "kind": "pretrain",
             "config": config_to_dict(cfg),
             "model": model.state_dict(),
-            "image_size": SIZE,
+            "image_size": image_size,
             "data_stats": {"mean": [0.4], "std": [0.25]},
         },
         path,
@@ -374,11 +374,7 @@ def test_raw_pixel_baseline_reads_the_stored_side_not_the_upsampled_views(tmp_pa
     probe is fitted on the stored pixels (SIZE x SIZE), the stronger reference."""
     import simclr.eval.linear as lin
 
-    cfg = tiny_config()
-    cfg.model.input_size = 2 * SIZE
-    model = build_model(cfg.model, 2 * SIZE)
-    state = {"kind": "pretrain", "config": config_to_dict(cfg), "model": model.state_dict()}
-    save_checkpoint({**state, "image_size": 2 * SIZE, "data_stats": {"mean": [0.4], "std": [0.25]}}, tmp_path / "p.pt")
+    write_pretrained(tmp_path / "p.pt", image_size=2 * SIZE, model__input_size=2 * SIZE)
     pre = load_pretrained(tmp_path / "p.pt")
     assert pre.image_size == 2 * SIZE
     dims: list[int] = []
