@@ -285,7 +285,9 @@ def make_trainer(
     probe_classes = num_classes if (cfg.monitor.online_probe and not bare) else None
     module = PretrainModule(model, probe_classes).to(device)
     if channels_last:
-        module = module.to(memory_format=torch.channels_last)
+        from simclr.channels_last import to_channels_last
+
+        to_channels_last(module, (2, 3, image_size, image_size), device)
     groups = param_groups(module.model, cfg.optim.weight_decay)
     if module.probe is not None:
         groups.append({"params": list(module.probe.parameters()), "weight_decay": 0.0, "lars_exclude": True})

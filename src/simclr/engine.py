@@ -28,6 +28,7 @@ from torch import nn
 
 from simclr import __version__
 from simclr.augment import Augment, EvalTransform
+from simclr.channels_last import to_channels_last
 from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from simclr.config import Config, config_from_dict, config_to_dict, dump_config, micro_batch_images
 from simclr.data import ImageData, load_dataset, make_batch_source
@@ -255,7 +256,13 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
     module = PretrainModule(model, num_classes if cfg.monitor.online_probe else None).to(device)
     channels_last = t.channels_last is not False  # None (default) = on: faster on CPU as well as on GPU
     if channels_last:
-        module = module.to(memory_format=torch.channels_last)
+        kept = to_channels_last(module, (2, 3, image_size, image_size), device)
+        if kept and dist.is_main:
+            print(
+                f"simclr pretrain: {len(kept)} convolution(s) kept in NCHW: this torch build crashes on them "
+                f"in channels_last ({', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''})",
+                flush=True,
+            )
     # The online probe is trained by the same optimizer but, as `head_supervised` in the official code,
     # without LARS adaptation or weight decay.
     groups = param_groups(module.model, cfg.optim.weight_decay)
