@@ -163,9 +163,8 @@ def test_pil_crop_box_is_inside_the_image() -> None:
 
 
 def test_parser_and_dispatch(monkeypatch) -> None:
-    parser = argparse.ArgumentParser()
-    bench.add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "--preset", "cifar10", "--batch-size", "64", "--compile", "both",
+    parser = bench.add_bench_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--preset", "cifar10", "--batch-size", "64", "--compile", "both",
                               "--set", "model.arch=resnet50", "--no-baselines", "--out-json", "x.json"])  # fmt: skip
     seen = {}
     monkeypatch.setattr(bench, "bench_command", lambda **kw: seen.update(kw))

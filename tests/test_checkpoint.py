@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import simclr.checkpoint as ckpt_mod
+import simclr.files as files_mod
 from simclr.checkpoint import load_checkpoint, load_pretrained, resolve_checkpoint, save_checkpoint
 from simclr.config import Config, config_to_dict
 from simclr.errors import SimCLRError
@@ -111,7 +112,7 @@ def test_read_only_folder_cannot_even_create_the_temp_file(tmp_path, monkeypatch
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files_mod.tempfile, "mkstemp", refuse)
     one_line_error(lambda: save_checkpoint(small_state(2), path), "last.pt", "cannot write checkpoint", "Read-only")
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
@@ -132,14 +133,14 @@ def test_read_only_folder_for_real(tmp_path):
 def test_dev_full_is_a_full_disk(tmp_path, monkeypatch):
     # The temp file's descriptor is swapped for /dev/full, whose every write fails with ENOSPC.
     path = save_checkpoint(small_state(1), tmp_path / "last.pt")
-    real_mkstemp = ckpt_mod.tempfile.mkstemp
+    real_mkstemp = files_mod.tempfile.mkstemp
 
     def on_dev_full(*args, **kwargs):
         fd, name = real_mkstemp(*args, **kwargs)
         os.close(fd)
         return os.open("/dev/full", os.O_WRONLY), name
 
-    monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", on_dev_full)
+    monkeypatch.setattr(files_mod.tempfile, "mkstemp", on_dev_full)
     message = one_line_error(lambda: save_checkpoint(small_state(2), path), "last.pt", "disk full")
     assert "previous checkpoint is intact" in message
     monkeypatch.undo()

@@ -109,6 +109,20 @@ def test_wrong_types_name_the_key(override, expect):
         "optim.schedule=linear",  # was an error only after the warmup, possibly hours in
         "optim.lr_scaling=log",
         "train.device=tpu",  # was a RuntimeError traceback from torch
+        # issue 15: accepted silently before
+        "optim.weight_decay=-1",
+        "optim.momentum=5",
+        "optim.momentum=-1",
+        "optim.base_lr=-1",  # was a traceback
+        "monitor.knn_k=0",
+        "train.epochs=0",  # was a "finished" run of 0 steps
+        "data.image_size=0",  # was refused without naming the key
+        "loss.memory_momentum=1.5",
+        "model.width_multiplier=0",
+        "augment.color_strength=-1",
+        "augment.crop_scale=[0.5, 0.2]",
+        "data.dataset=imagenet",
+        "train.seed=-3",
     ],
 )
 def test_out_of_range_values_name_the_key(override):
@@ -118,9 +132,9 @@ def test_out_of_range_values_name_the_key(override):
 
 def test_valid_edge_values_are_accepted():
     cfg = load_config(
-        overrides=["train.epochs=0", "data.max_bad_fraction=0", "train.max_steps=null", "train.device=cuda:1"]
+        overrides=["train.epochs=1", "data.max_bad_fraction=0", "train.max_steps=null", "train.device=cuda:1"]
     )
-    assert cfg.train.epochs == 0 and cfg.train.max_steps is None and cfg.train.device == "cuda:1"
+    assert cfg.train.epochs == 1 and cfg.train.max_steps is None and cfg.train.device == "cuda:1"
 
 
 def test_override_syntax_and_presets():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,8 +328,11 @@ def test_commands_write_metrics_with_cards(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "knn" in printed and "linear eval" in printed and printed.count("\nfinetune (") == 2
-    for result, folder in ((knn, "knn"), (lin, "linear-fast"), (ft, "finetune-pretrained-2-per-class")):
-        saved = json.loads((tmp_path / "run" / "eval" / folder / "metrics.json").read_text())
+    for result, folder in ((knn, "knn-"), (lin, "linear-fast-"), (ft, "finetune-pretrained-2-per-class-")):
+        # non-default settings (k 5, 3 epochs, 1 epoch): a folder of their own, keyed by a hash of them
+        out = Path(result["out_dir"])
+        assert out.parent == tmp_path / "run" / "eval" and out.name.startswith(folder), out
+        saved = json.loads((out / "metrics.json").read_text())
         assert saved["top1"] == result["top1"]
         check_card(saved["card"])
         assert saved["card"]["dataset"] == "npz"

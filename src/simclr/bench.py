@@ -27,7 +27,7 @@ what other variants keep resident; CPU the process's peak RSS during them (reset
 
 :func:`loss_memory` compares plain and chunked NT-Xent (forward + backward) memory; :func:`dry_run` backs
 ``simclr pretrain --dry-run``. torch is imported inside the functions: the CLI builds this module's parser
-(:func:`add_bench_parser`) on every start, and importing torch takes seconds.
+(:func:`add_bench_arguments`) on every start, and importing torch takes seconds.
 """
 
 from __future__ import annotations
@@ -645,7 +645,7 @@ def run_benchmark(
 
     from simclr.augment import Augment
     from simclr.data.base import channel_stats
-    from simclr.engine import resolve_device
+    from simclr.runtime import resolve_device
 
     if steps < 1 or warmup < 0 or repeats < 1:
         raise SimCLRError(f"bench: need steps >= 1, warmup >= 0, repeats >= 1 (got {steps}, {warmup}, {repeats})")
@@ -987,7 +987,7 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
     from simclr.augment import Augment
     from simclr.config import micro_batch_images
     from simclr.data.base import channel_stats
-    from simclr.engine import resolve_device
+    from simclr.runtime import resolve_device
 
     device = resolve_device(cfg.train.device)
     data, note = bench_data(cfg, synthetic=None, random_images=64)
@@ -1119,9 +1119,8 @@ def _available_memory() -> int:
 # ---- command line ----------------------------------------------------------------------------------------
 
 
-def add_bench_parser(sub) -> argparse.ArgumentParser:
-    """Add ``simclr bench`` to an ``argparse`` sub-parser set (no torch import); returns the parser."""
-    p = sub.add_parser("bench", help="measure pretraining speed and memory (vs the bare step and a PIL pipeline)")
+def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``simclr bench`` (no torch import); returns the parser."""
     p.add_argument("--preset", help="named preset (see `simclr presets`)")
     p.add_argument("--config", help="YAML config file, applied after the preset")
     p.add_argument("--data", help="dataset root folder or file (data.path)")
@@ -1194,7 +1193,7 @@ def bench_command(
     """``simclr bench``: resolve the config, run :func:`run_benchmark` (or :func:`loss_memory`), print, save.
 
     The first thirteen arguments are the issue's interface; the keyword-only ones are the extra options of
-    :func:`add_bench_parser` (``threads``: ``torch.set_num_threads`` for this process, e.g. 1 on a shared
+    :func:`add_bench_arguments` (``threads``: ``torch.set_num_threads`` for this process, e.g. 1 on a shared
     machine, where idle-waiting OpenMP threads slow small ops down by 10-100x).
     """
     import torch
@@ -1245,7 +1244,7 @@ def _auto_device() -> str:
 
 
 def bench_from_args(args: argparse.Namespace) -> int:
-    """Dispatch parsed ``simclr bench`` arguments (from :func:`add_bench_parser`) to :func:`bench_command`."""
+    """Dispatch parsed ``simclr bench`` arguments (from :func:`add_bench_arguments`) to :func:`bench_command`."""
     bench_command(
         preset=args.preset,
         config=args.config,
@@ -1276,16 +1275,10 @@ def bench_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Standalone:
-    """Stands in for argparse sub-parsers so that :func:`add_bench_parser` builds a top-level parser."""
-
-    def add_parser(self, name: str, help: str = "") -> argparse.ArgumentParser:
-        return argparse.ArgumentParser(prog="bench_pretrain.py", description=help)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m simclr.bench ...`` / ``benchmarks/bench_pretrain.py``: the ``simclr bench`` command alone."""
-    args = add_bench_parser(_Standalone()).parse_args(argv)
+    parser = argparse.ArgumentParser(prog="bench_pretrain.py", description="pretraining speed and memory")
+    args = add_bench_arguments(parser).parse_args(argv)
     try:
         return bench_from_args(args)
     except SimCLRError as e:
@@ -1297,7 +1290,7 @@ __all__ = [
     "PhaseClock",
     "PILTwoViews",
     "Trainer",
-    "add_bench_parser",
+    "add_bench_arguments",
     "bench_command",
     "bench_data",
     "bench_from_args",

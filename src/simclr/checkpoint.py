@@ -9,56 +9,20 @@ kill at any moment leaves either the old checkpoint or the new one, never half o
 from __future__ import annotations
 
 import contextlib
-import errno
 import glob
 import os
 import pickle
-import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from simclr.errors import SimCLRError
+from simclr.files import atomic_write
 
 FORMAT = "simclr-checkpoint"
 VERSION = 1
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], what: str = "file") -> Path:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then ``os.replace`` it over ``path``.
-
-    A crash, a kill or a full disk at any moment leaves either the old file or the new one, never half of
-    one; an OSError becomes one :class:`SimCLRError` line naming ``path`` (the old file is intact).
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise SimCLRError(f"{path}: cannot write {what} ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise SimCLRError(f"{path}: cannot write {what} ({why}); the previous {what} is intact") from None
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return path
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

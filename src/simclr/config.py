@@ -7,6 +7,7 @@ overrides. Unknown keys are an error that lists the valid ones; values are check
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -19,21 +20,42 @@ from typing import Any
 import yaml
 
 from simclr.errors import SimCLRError
+from simclr.options import check, option
+
+# The kNN protocol's constants (InstDisc; solo-learn), shared by the monitor and `simclr knn`.
+KNN_K, KNN_TEMPERATURE = 200, 0.1
+
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "folder", "npz", "auto")
+_SEED = {"ge": 0, "lt": 2**63}
+
+
+def _device_problem(value: str) -> str | None:
+    """Why ``value`` is not a device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``), or None."""
+    if value == "auto":
+        return None
+    import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        return "unknown device; use auto, cpu, cuda or cuda:N"
+    return None
 
 
 @dataclass
 class DataConfig:
     """Where the images come from and how they are held."""
 
-    dataset: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | cifar100 | stl10 | folder | npz | auto
+    dataset: str = option("fashion-mnist", choices=DATASETS)
     path: str | None = None  # root folder or file; None = the dataset's default location
     train_split: str = "train"  # train | unlabeled | train+unlabeled (stl10)
     test_split: str = "test"
-    image_size: int | None = None  # side of the stored square images (folders); None = native size
+    image_size: int | None = option(None, ge=1)  # side of the stored square images (folders); None = native
     in_memory: bool | None = None  # None = auto: in memory when it fits, streamed otherwise
-    workers: int = 2  # DataLoader worker processes for streamed folders
+    workers: int = option(2, ge=0)  # DataLoader worker processes for streamed folders
     download: bool = False  # fetch known datasets from their official addresses (needs a network)
-    max_bad_fraction: float = 0.01  # undecodable images allowed in a folder before the run fails
+    max_bad_fraction: float = option(0.01, ge=0, le=1)  # undecodable images allowed before the run fails
 
 
 @dataclass
@@ -41,17 +63,17 @@ class AugmentConfig:
     """The SimCLR augmentation (v1 section 3, appendix A). Every op can be retuned or switched off."""
 
     crop: bool = True
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_scale: tuple[float, float] = option((0.08, 1.0), pair=(1e-6, 1.0))
+    crop_ratio: tuple[float, float] = option((3 / 4, 4 / 3), pair=(1e-6, 1e6))
     flip: bool = True
-    color_strength: float = 1.0  # s: brightness/contrast/saturation 0.8 s, hue 0.2 s
-    color_jitter_prob: float = 0.8
-    brightness_mode: str = "v2"  # v2: multiplicative factor; v1: additive delta
-    grayscale_prob: float = 0.2
-    blur_prob: float | None = None  # None = auto: 0.5 for images larger than 32 px, 0 otherwise
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    color_strength: float = option(1.0, ge=0)  # s: brightness/contrast/saturation 0.8 s, hue 0.2 s
+    color_jitter_prob: float = option(0.8, ge=0, le=1)
+    brightness_mode: str = option("v2", choices=("v1", "v2"))  # v2: multiplicative factor; v1: additive delta
+    grayscale_prob: float = option(0.2, ge=0, le=1)
+    blur_prob: float | None = option(None, ge=0, le=1)  # None = auto: 0.5 above 32 px, 0 otherwise
+    blur_sigma: tuple[float, float] = option((0.1, 2.0), pair=(1e-6, 1e6))
     normalize: bool = True  # per-channel mean/std of the dataset (harmless; official code feeds [0, 1])
-    eval_crop_fraction: float | None = None  # None = auto: 0.875 for images larger than 32 px, else 1.0
+    eval_crop_fraction: float | None = option(None, gt=0, le=1)  # None = auto: 0.875 above 32 px, else 1.0
 
 
 @dataclass
@@ -59,64 +81,64 @@ class ModelConfig:
     """Encoder (a ResNet) and projection head."""
 
     arch: str = "resnet18"  # resnet18/34/50/101/152 or r50_2x_sk1-style names
-    width_multiplier: float = 1.0
-    sk_ratio: float = 0.0  # 0.0625 turns on Selective Kernels (v2)
+    width_multiplier: float = option(1.0, gt=0)
+    sk_ratio: float = option(0.0, ge=0, lt=1)  # 0.0625 turns on Selective Kernels (v2)
     cifar_stem: bool | None = None  # None = auto: 3x3 stride-1 stem without max-pool for images <= 64 px
-    input_size: int | None = None  # side of the views fed to the encoder; None = the stored image side
-    head_layers: int = 2  # 2 for v1, 3 for v2
-    head_hidden_dim: int | None = None  # None = encoder output width
-    projection_dim: int = 128
+    input_size: int | None = option(None, ge=1)  # side of the views fed to the encoder; None = stored side
+    head_layers: int = option(2, ge=0)  # 2 for v1, 3 for v2; 0 = no head (the loss on h)
+    head_hidden_dim: int | None = option(None, ge=1)  # None = encoder output width
+    projection_dim: int = option(128, ge=1)
 
 
 @dataclass
 class LossConfig:
     """NT-Xent (v1 section 2.1) and the optional MoCo-style memory of negatives (v2)."""
 
-    temperature: float = 0.5
-    chunk_size: int | None = None  # rows of the similarity matrix per block; None = plain computation
-    memory_size: int = 0  # queued negatives from a momentum encoder; 0 = off
-    memory_momentum: float = 0.999
+    temperature: float = option(0.5, gt=0)
+    chunk_size: int | None = option(None, ge=1)  # rows of the similarity matrix per block; None = plain
+    memory_size: int = option(0, ge=0)  # queued negatives from a momentum encoder; 0 = off
+    memory_momentum: float = option(0.999, ge=0, le=1)
 
 
 @dataclass
 class OptimConfig:
     """Optimizer and learning-rate schedule (v1 section B.1)."""
 
-    name: str = "lars"  # lars | sgd | adamw
-    base_lr: float = 0.3  # scaled by lr_scaling from the global batch size
-    lr_scaling: str = "linear"  # linear: base_lr x B/256; sqrt: base_lr x sqrt(B); none
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    trust_coefficient: float = 0.001  # LARS eta
+    name: str = option("lars", choices=("lars", "sgd", "adamw"))
+    base_lr: float = option(0.3, gt=0)  # scaled by lr_scaling from the global batch size
+    lr_scaling: str = option("linear", choices=("linear", "sqrt", "none"))  # x B/256 | x sqrt(B) | as is
+    weight_decay: float = option(1e-6, ge=0)
+    momentum: float = option(0.9, ge=0, lt=1)
+    trust_coefficient: float = option(0.001, gt=0)  # LARS eta
     nesterov: bool = False
-    warmup_epochs: float = 10.0
-    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: float = option(10.0, ge=0)
+    schedule: str = option("cosine", choices=("cosine", "constant"))
 
 
 @dataclass
 class TrainConfig:
     """The training loop."""
 
-    epochs: int = 100
-    batch_size: int = 256  # global batch over all ranks
-    accumulate: int = 1  # gradient accumulation steps per optimizer step
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    epochs: int = option(100, ge=1)
+    batch_size: int = option(256, ge=1)  # global batch over all ranks
+    accumulate: int = option(1, ge=1)  # gradient accumulation steps per optimizer step
+    seed: int = option(0, **_SEED)
+    precision: str = option("auto", choices=("auto", "bf16", "fp32"))  # auto: bf16 on GPU, fp32 on CPU
     channels_last: bool | None = None  # None = on (1.1-1.2x faster than NCHW on CPU too: benchmarks/)
     compile: bool = False
     global_bn: bool = True  # SyncBatchNorm when distributed
     deterministic: bool = False
-    log_every: int = 20  # steps between metric read-backs and JSONL lines
-    checkpoint_every: int = 500  # steps between checkpoints (also at each epoch end)
-    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
-    max_steps: int | None = None  # stop early after this many optimizer steps (smoke tests)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = option(20, ge=1)  # steps between metric read-backs and JSONL lines
+    checkpoint_every: int = option(500, ge=1)  # steps between checkpoints (also at each epoch end)
+    max_bad_steps: int = option(5, ge=1)  # non-finite losses in a row before the run stops
+    max_steps: int | None = option(None, ge=1)  # stop early after this many optimizer steps (smoke tests)
+    device: str = option("auto", check=_device_problem)  # auto | cpu | cuda | cuda:N
     # Gradient caching (simclr/gradcache.py): images per forward pass, each with both its views; must divide
     # the per-rank batch. NT-Xent, its negatives and its gradient stay those of the whole batch, for one extra
     # forward pass without autograd; but BatchNorm normalises each micro-batch with its own statistics (as
     # per-device BN), so the step equals the full-batch one only without batch-dependent layers.
     # None = off: the whole per-rank batch at once.
-    micro_batch: int | None = None
+    micro_batch: int | None = option(None, ge=1)
     # Encoder stages under torch.utils.checkpoint (recomputed in backward: less memory, more compute); with
     # or without micro_batch (alone: one micro-batch of the whole batch through gradient caching). Not with compile.
     activation_checkpointing: bool = False
@@ -128,10 +150,10 @@ class MonitorConfig:
 
     online_probe: bool = True  # linear classifier on stop-gradient h, trained alongside
     knn: bool = True  # kNN accuracy of the encoder on held-out images each epoch
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    knn_train_size: int = 10000  # bank images taken from the train split (labelled datasets only)
-    knn_test_size: int = 2000
+    knn_k: int = option(KNN_K, ge=1)
+    knn_temperature: float = option(KNN_TEMPERATURE, gt=0)
+    knn_train_size: int = option(10000, ge=1)  # bank images taken from the train split (labelled datasets only)
+    knn_test_size: int = option(2000, ge=1)
 
 
 @dataclass
@@ -205,44 +227,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-# Values that would otherwise fail deep inside a run (a ZeroDivisionError at the first log line, an unknown
-# schedule only once warmup ends) or silently change it (an unknown precision ran as fp32).
-_AT_LEAST = {
-    "train.batch_size": 1, "train.accumulate": 1, "train.log_every": 1, "train.checkpoint_every": 1,
-    "train.max_bad_steps": 1, "train.max_steps": 1, "train.micro_batch": 1, "train.epochs": 0,
-    "model.projection_dim": 1, "loss.memory_size": 0, "data.workers": 0, "optim.warmup_epochs": 0,
-}  # fmt: skip
-_POSITIVE = {"loss.temperature"}
-_FRACTIONS = {"data.max_bad_fraction", "augment.color_jitter_prob", "augment.grayscale_prob", "augment.blur_prob"}
-_CHOICES = {
-    "train.precision": ("auto", "bf16", "fp32"),
-    "optim.schedule": ("cosine", "constant"),
-    "optim.lr_scaling": ("linear", "sqrt", "none"),
-}
-
-
-def _check_value(value: Any, key: str) -> Any:
-    """Range and choice checks for the keys above; ``value`` has already passed its type check."""
-    if value is None:
-        return value
-    if key in _AT_LEAST and value < _AT_LEAST[key]:
-        raise SimCLRError(f"config key {key}: must be >= {_AT_LEAST[key]}, got {value!r}")
-    if key in _POSITIVE and not value > 0:
-        raise SimCLRError(f"config key {key}: must be > 0, got {value!r}")
-    if key in _FRACTIONS and not 0.0 <= value <= 1.0:
-        raise SimCLRError(f"config key {key}: must be between 0 and 1, got {value!r}")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise SimCLRError(f"config key {key}: unknown value {value!r}; use {', '.join(_CHOICES[key])}")
-    if key == "train.device" and value != "auto":
-        import torch
-
-        try:
-            torch.device(value)
-        except (RuntimeError, ValueError):
-            raise SimCLRError(f"config key {key}: unknown device {value!r}; use auto, cpu, cuda or cuda:N") from None
-    return value
-
-
 def micro_batch_images(train: TrainConfig, world_size: int = 1) -> int | None:
     """Images per forward pass of a gradient-cached step on each of ``world_size`` ranks; None = plain step.
 
@@ -274,7 +258,8 @@ def _merge(obj: Any, data: dict, prefix: str = "") -> None:
         if is_dataclass(current):
             _merge(current, value, prefix=f"{full}.")
         else:
-            setattr(obj, key, _check_value(_coerce(value, hints[key], full), full))
+            meta = next(f.metadata for f in fields(obj) if f.name == key)
+            setattr(obj, key, check(_coerce(value, hints[key], full), meta, f"config key {full}"))
 
 
 def _parse_override(text: str) -> dict:
@@ -318,6 +303,72 @@ def load_config(
             raise SimCLRError(f"{p}: {e}") from None
     for text in overrides:
         _merge(cfg, _parse_override(text))
+    return cfg
+
+
+# What a resumed run may change: where it stops, where it runs, how often it logs, where its data now live.
+# Everything else (model, loss, schedule, batch, augmentation, data source) is the run's own.
+RESUME_MAY_CHANGE = frozenset(
+    {"train.max_steps", "train.device", "train.log_every", "train.checkpoint_every", "train.max_bad_steps",
+     "data.path", "data.workers", "data.download"}
+)  # fmt: skip
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"train.epochs": 100, ...}``: every leaf of a config tree under its dotted key."""
+    flat: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            flat.update(flatten(value, f"{prefix}{f.name}."))
+        else:
+            flat[f"{prefix}{f.name}"] = value
+    return flat
+
+
+def _set_key(cfg: Config, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = cfg
+    for part in parents:
+        node = getattr(node, part)
+    setattr(node, leaf, value)
+
+
+def resume_config(saved: Config, given: Config | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The configuration a resumed run continues with: the run's own, ``saved`` (from its checkpoint).
+
+    ``given`` (a preset or config file resolved by the user, or the caller's :class:`Config`) and the
+    ``key=value`` ``overrides`` are checked against it: a key of :data:`RESUME_MAY_CHANGE` takes the given
+    value (a ``None`` in ``given`` keeps the run's), any other difference is one line naming the key and
+    both values. Nothing but the run folder is needed to resume. ``train.max_steps`` is per invocation:
+    unless given, the resumed run goes on to the end of its schedule.
+    """
+    cfg = copy.deepcopy(saved)
+    cfg.train.max_steps = None  # where the earlier invocation stopped is not where this one stops
+    run = flatten(saved)
+    wanted: list[tuple[str, Any, str]] = []
+    if given is not None:
+        wanted += [(k, v, "given") for k, v in flatten(given).items() if k != "name"]
+    for text in overrides:
+        probe = copy.deepcopy(saved)
+        _merge(probe, _parse_override(text))  # checks the key, the type and the range
+        key = text.split("=", 1)[0].strip()
+        wanted.append((key, flatten(probe)[key], f"--set {key}"))
+    differ: dict[str, str] = {}
+    for key, value, origin in wanted:
+        if key in RESUME_MAY_CHANGE:
+            if value is not None or origin != "given":
+                _set_key(cfg, key, value)
+        elif value != run[key]:
+            differ[key] = f"{key}: the run has {run[key]!r}, {origin} {value!r}"
+    if differ:
+        order = [f.name for f in fields(Config)]  # model first: the most telling difference
+        keys = sorted(differ, key=lambda k: (k.split(".")[0] != "model", order.index(k.split(".")[0]), k))
+        raise SimCLRError(
+            f"a different {keys[0].split('.')[0]} config than the run's ({'; '.join(differ[k] for k in keys[:3])}"
+            f"{'; ...' if len(keys) > 3 else ''}); a resumed run keeps its own config, only "
+            f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change"
+        )
     return cfg
 
 

@@ -34,12 +34,10 @@ weight decay; the default here is 30 epochs):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import re
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,8 @@ from torch import Tensor, nn
 
 from simclr.config import config_to_dict
 from simclr.errors import SimCLRError
+from simclr.files import folder_lock
+from simclr.options import option, validate
 
 DEFAULT_EPOCHS = 30  # the paper trains 400 epochs on ImageNet; raise it where compute allows
 TEMPERATURE_SELF, TEMPERATURE_BIG_TO_SMALL = 0.1, 1.0  # v2 section 2 (little sensitivity in between)
@@ -114,24 +114,24 @@ def distill_objective(
 class DistillOptions:
     """Settings of :func:`distill` (None = the default of the module docstring)."""
 
-    student_arch: str | None = None  # None = the teacher's encoder (self-distillation)
-    student_width: float | None = None  # None = the teacher's for the same arch, else 1
-    from_head_layer: int | None = None  # head layers the student keeps (needs a pretrained init)
-    temperature: float | None = None  # None = 0.1 for self-distillation, 1.0 otherwise
-    alpha: float = 1.0  # 1 = distillation only, no labels read
-    scale_by_t2: bool = False
-    labels: str | None = None  # labelled subset when alpha < 1; None = the teacher's
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int | None = None
-    optimizer: str = "sgd"  # sgd | lars
-    lr: float | None = None  # peak learning rate (before the temperature correction)
-    weight_decay: float | None = None
-    warmup_epochs: float | None = None
-    max_unlabeled: int | None = None  # fixed seeded subsample of the train split
-    augment: bool = True  # crop + flip; False = the evaluation centre crop (deterministic)
-    cache_teacher: bool = False  # teacher logits computed once (only without augmentation)
-    eval_every: int = 1
-    seed: int = 0
+    student_arch: str | None = option(None, "student encoder, e.g. resnet18 (default: the teacher's)", flag="--student")
+    student_width: float | None = option(None, "student width multiplier (default: the teacher's)", gt=0)
+    from_head_layer: int | None = option(None, "projection-head layers the student keeps (pretrained init)", ge=0)
+    temperature: float | None = option(None, "tau (default 0.1 self-distillation, 1.0 big-to-small)", gt=0)
+    alpha: float = option(1.0, "L = (1 - alpha) labelled CE + alpha distillation CE; 1 reads no label", ge=0, le=1)
+    scale_by_t2: bool = option(False, "multiply the distillation loss by tau^2 (the colab's form)")
+    labels: str | None = option(None, "labelled subset when alpha < 1 (default: the teacher's)")
+    epochs: int = option(DEFAULT_EPOCHS, "epochs over the unlabeled images", ge=1)
+    batch_size: int | None = option(None, "default: the pretraining batch, at least 5 steps per epoch", ge=1)
+    optimizer: str = option("sgd", "sgd, or lars: the pretraining recipe", choices=("sgd", "lars"))
+    lr: float | None = option(None, "peak learning rate (before the temperature correction)", gt=0)
+    weight_decay: float | None = option(None, ge=0)
+    warmup_epochs: float | None = option(None, ge=0)
+    max_unlabeled: int | None = option(None, "distil on a fixed seeded subset of this many images", ge=1)
+    augment: bool = option(True, "crop + flip views (off: the evaluation centre crop)")
+    cache_teacher: bool = option(False, "teacher outputs computed once (needs --no-augment)")
+    eval_every: int = option(1, "epochs between test evaluations", ge=1)
+    seed: int = option(0, ge=0, lt=2**63)
 
 
 class Teacher:
@@ -286,11 +286,12 @@ def distill(
     from simclr.augment import Augment, finetune_augment_config
     from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
     from simclr.data.source import epoch_permutation
-    from simclr.eval.features import evaluate_classifier, progress, resolve_device, scaled_batch_size
+    from simclr.eval.features import evaluate_classifier, scaled_batch_size
     from simclr.optim import lr_at
+    from simclr.runtime import autocast, progress, resolve_device
 
     t0 = time.perf_counter()
-    o = dataclasses.replace(options) if options is not None else DistillOptions()
+    o = validate(dataclasses.replace(options) if options is not None else DistillOptions())
     device = resolve_device(device)
     out = Path(out_dir) if out_dir is not None else None
     state_path = out / "checkpoints" / "last.pt" if out is not None else None
@@ -344,11 +345,11 @@ def distill(
     transform = tnet.eval_transform()
     if o.cache_teacher and o.augment:
         raise SimCLRError("cache_teacher needs augmentation off: a cached output is only valid for a fixed view")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    mixed = autocast(device)  # bf16 on CUDA, float32 on CPU (simclr.runtime)
     cache = None
     if o.cache_teacher:
         cache = torch.zeros(n, tnet.num_classes, device=device)
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), mixed:
             for start in range(0, len(pool), 512):
                 idx = pool[start : start + 512]
                 cache[idx] = tnet(transform(images[idx])).float()
@@ -376,7 +377,7 @@ def distill(
                 if cache is not None:
                     t_logits = cache[idx]
                 else:
-                    with autocast:
+                    with mixed:
                         t_logits = tnet(x).float()
                 if labelled is not None:  # this step's labelled chunk; the order is reshuffled every pass
                     chunk, rnd = step % chunks_l, step // chunks_l
@@ -385,7 +386,7 @@ def distill(
                     x = torch.cat([x, views(x_lab[lidx])])  # (B + B_l, 3, S, S): one forward, shared BN
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, peak_lr) * group["lr_scale"]
-            with autocast:
+            with mixed:
                 logits = student(x).float()
             loss = distill_objective(
                 logits[:batch],
@@ -560,9 +561,9 @@ def distill_command(
     """
     from simclr.checkpoint import load_pretrained
     from simclr.data import load_dataset
-    from simclr.eval.features import resolve_device
+    from simclr.runtime import resolve_device
 
-    o = DistillOptions(student_arch=student, student_width=student_width, **options)
+    o = validate(DistillOptions(student_arch=student, student_width=student_width, **options))
     dev = resolve_device(device)
     t = Teacher(teacher, dev)
     d = t.net.config.data
@@ -580,7 +581,8 @@ def distill_command(
     if out is None:
         tag = f"{student or t.net.config.model.arch}-w{student_width or 'same'}" if student or student_width else "self"
         out = str(t.path.parent / f"distill-{re.sub(r'[^A-Za-z0-9.-]+', '_', tag)}")
-    result = distill(t, train, test, o, init, dev, out, resume=resume, dataset=name)
+    with folder_lock(out, "distillation folder"):
+        result = distill(t, train, test, o, init, dev, out, resume=resume, dataset=name)
     print(
         f"distill ({'self' if result['self_distillation'] else 'big-to-small'}, {result['student']['arch']} "
         f"x{result['student']['width_multiplier']:g}, tau {result['temperature']:g}, alpha {result['alpha']:g}, "
@@ -590,42 +592,9 @@ def distill_command(
     return result
 
 
-def add_distill_parser(sub: Any) -> argparse.ArgumentParser:
-    """The ``distill`` sub-command; its option names are :func:`distill_command`'s keywords."""
-    p = sub.add_parser("distill", help="distil a fine-tuned teacher into a student on unlabeled images (v2)")
-    p.add_argument("--teacher", required=True, help="fine-tune output folder (or its finetuned.pt)")
-    p.add_argument("--student", help="student encoder, e.g. resnet18, r50_1x_sk0 (default: the teacher's)")
-    p.add_argument("--student-width", type=float, help="student width multiplier (default: the teacher's)")
-    p.add_argument("--student-init", default="scratch", help="scratch, or a pretraining RUN to start from")
-    p.add_argument("--from-head-layer", type=int, help="projection-head layers the student keeps (pretrained)")
-    p.add_argument("--temperature", type=float, help="tau (default 0.1 self-distillation, 1.0 big-to-small)")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of distillation vs labels (1 = no labels)")
-    p.add_argument("--scale-by-t2", action="store_true", help="multiply the distillation loss by tau^2 (colab)")
-    p.add_argument("--labels", help="labelled subset for alpha < 1 (default: the teacher's)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=["sgd", "lars"], default="sgd", help="lars: the pretraining recipe")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the pretraining recipe)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--max-unlabeled", type=int, help="distil on a fixed random subset of this many images")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="centre crop instead of crop+flip")
-    p.add_argument("--cache-teacher", action="store_true", help="compute teacher outputs once (needs --no-augment)")
-    p.add_argument("--eval-every", type=int, default=1)
-    p.add_argument("--unlabeled-split", default="train", help="split of unlabeled images (stl10: unlabeled)")
-    p.add_argument("--data", help="dataset path (default: the teacher's)")
-    p.add_argument("--dataset", help="dataset kind (default: the teacher's)")
-    p.add_argument("--out", help="output folder (default: TEACHER/distill-<student>)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
-    return p
-
-
 __all__ = [
     "DistillOptions",
     "Teacher",
-    "add_distill_parser",
     "distill",
     "distill_command",
     "distill_loss",

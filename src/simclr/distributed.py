@@ -85,6 +85,12 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800, device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _auto_device(device, local_rank)
     if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise SimCLRError(
+                f"device {dev}: this machine has {count} CUDA device(s) for local rank {local_rank}; launch at "
+                f"most {count} processes per node (torchrun --nproc_per_node={count}) or pass --device cpu"
+            )
         torch.cuda.set_device(dev)
     if env_world > 1 and not _initialized():
         if "MASTER_ADDR" not in os.environ:

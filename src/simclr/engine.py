@@ -11,11 +11,11 @@ twice that value, the official code's scale, so that weight decay inside LARS is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import signal
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ from simclr import __version__
 from simclr.augment import Augment, EvalTransform
 from simclr.channels_last import to_channels_last
 from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-from simclr.config import Config, config_from_dict, config_to_dict, dump_config, micro_batch_images
+from simclr.config import Config, config_from_dict, config_to_dict, dump_config, micro_batch_images, resume_config
 from simclr.data import ImageData, load_dataset, make_batch_source
 from simclr.data.base import channel_stats
 from simclr.distributed import (
@@ -44,24 +44,16 @@ from simclr.distributed import (
     init_distributed,
 )
 from simclr.errors import SimCLRError
+from simclr.files import folder_lock, make_folder, write_text
 from simclr.gradcache import grad_cache_two_views, pair_micro_batches, unpair
 from simclr.loss import nt_xent
 from simclr.memory import MemoryQueue, MomentumEncoder
 from simclr.models.build import build_model
 from simclr.monitor import KnnMonitor
 from simclr.optim import build_optimizer, lr_at, param_groups
-
-
-def resolve_device(name: str, dist: DistInfo | None = None) -> torch.device:
-    """``auto`` picks the rank's CUDA device when there is one, else the CPU."""
-    if dist is not None and dist.world_size > 1:
-        return dist.device
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SimCLRError(f"train.device={name}: CUDA is not available on this machine")
-    return dev
+from simclr.runtime import autocast as runtime_autocast
+from simclr.runtime import progress as runtime_progress
+from simclr.runtime import resolve_device
 
 
 def load_training_data(cfg: Config) -> ImageData:
@@ -172,47 +164,57 @@ class MetricsWriter:
                     keep.append(line)
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(line + "\n" for line in keep), "metrics log")
 
 
-def pretrain(cfg: Config, out: str | os.PathLike, resume: bool = False) -> dict:
+def pretrain(
+    cfg: Config | None, out: str | os.PathLike, resume: bool = False, overrides: list[str] | tuple[str, ...] = ()
+) -> dict:
     """Run SimCLR pretraining (v1 section 2; v2 section 2.1 with ``model.head_layers=3``).
 
     Writes ``out/config.yaml``, ``out/metrics.jsonl``, ``out/checkpoints/last.pt`` and ``out/summary.json``;
-    returns the summary. ``resume=True`` continues exactly from ``out/checkpoints/last.pt``.
+    returns the summary. ``resume=True`` continues exactly from ``out/checkpoints/last.pt`` with the run's
+    own configuration; ``cfg`` (may be None) and ``key=value`` ``overrides`` are then checked against it
+    (:func:`simclr.config.resume_config`).
     """
-    dist = init_distributed()
-    try:
-        return _pretrain(cfg, Path(out), resume, dist)
-    finally:
-        cleanup()
+    if cfg is None and not resume:
+        raise SimCLRError("pretrain: a config is needed to start a new run")
+    run_dir = Path(out)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    if resume and not ckpt_path.is_file():
+        raise SimCLRError(f"{ckpt_path}: nothing to resume (no checkpoint in {run_dir})")
+    # One writer per run folder: a second run or --resume on it is refused while this one lives. Rank 0
+    # (torchrun's RANK, read before the group exists) holds the lock; the other ranks write nothing.
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(run_dir, "run folder") if main_rank else nullcontext():
+        saved = None
+        if resume:
+            saved = _load_for_resume(ckpt_path)
+            try:
+                cfg = resume_config(config_from_dict(saved["config"]), cfg, overrides)
+            except SimCLRError as e:
+                raise SimCLRError(f"{ckpt_path}: --resume: {e}") from None
+        elif ckpt_path.exists():
+            raise SimCLRError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+        dist = init_distributed(device=cfg.train.device)
+        try:
+            return _pretrain(cfg, run_dir, saved, dist)
+        finally:
+            cleanup()
 
 
-def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
+def _load_for_resume(ckpt_path: Path) -> dict:
+    saved = load_checkpoint(ckpt_path)
+    missing = [k for k in ("config", "module", "optimizer", "run_state", "rng") if k not in saved]
+    if saved.get("kind") != "pretrain" or missing:
+        raise SimCLRError(f"{ckpt_path}: not a pretraining checkpoint (kind {saved.get('kind')!r}, lacks {missing})")
+    return saved
+
+
+def _pretrain(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) -> dict:
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
     t, a = cfg.train, cfg.augment
     device = resolve_device(t.device, dist)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
-    if resume:
-        if not ckpt_path.is_file():
-            raise SimCLRError(f"{ckpt_path}: nothing to resume (no checkpoint in {run_dir})")
-        saved = load_checkpoint(ckpt_path)
-        missing = [k for k in ("config", "module", "optimizer", "run_state", "rng") if k not in saved]
-        if saved.get("kind") != "pretrain" or missing:
-            raise SimCLRError(
-                f"{ckpt_path}: not a pretraining checkpoint (kind {saved.get('kind')!r}, lacks {missing})"
-            )
-        saved_cfg = config_from_dict(saved["config"])
-        if config_to_dict(saved_cfg.model) != config_to_dict(cfg.model):
-            raise SimCLRError(f"{ckpt_path}: --resume with a different model config than the run's")
-        # The run is the saved config; train.max_steps only says where this invocation stops, so a run
-        # stopped there continues with --resume (to the end, or to a new --set train.max_steps).
-        saved_cfg.train.max_steps = cfg.train.max_steps
-        cfg = saved_cfg
-        t = cfg.train
-    elif ckpt_path.exists():
-        raise SimCLRError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
     if t.accumulate != 1:
         raise SimCLRError(
             "train.accumulate: plain gradient accumulation would shrink the contrastive batch; it is not "
@@ -225,8 +227,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(t.seed)
     if device.type == "cuda":
+        # TF32 for convolutions only: matmul TF32 would also reach NT-Xent's logits (10 mantissa bits, about
+        # 1e-2 logit error at tau 0.1) and every later stage of the process.
         torch.backends.cudnn.benchmark = not t.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     # ---- data: uint8 images, held on the device when they fit ------------------------------------------
@@ -276,7 +279,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
     generator.manual_seed(t.seed * 1000 + dist.rank)  # each rank draws different views
 
     state = RunState()
-    if resume:
+    if saved is not None:
         load_state_strict(module, saved["module"], ckpt_path)
         optimizer.load_state_dict(saved["optimizer"])
         if momentum_model is not None:
@@ -284,16 +287,18 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
             queue.load_state_dict(saved["memory"])
         state = RunState(**saved["run_state"])
         gen_states = saved["rng"]["augment"]  # one per rank of the run that saved it
-        if len(gen_states) == dist.world_size:
+        # A CPU generator's state is 5,056 bytes, a CUDA one's 16: older checkpoints did not record the type.
+        saved_type = saved["rng"].get("augment_device") or ("cuda" if gen_states[0].numel() == 16 else "cpu")
+        if len(gen_states) == dist.world_size and saved_type == device.type:
             generator.set_state(gen_states[dist.rank])
-        else:  # another world size: a new stream per rank (sharing one would repeat views across ranks)
-            generator.set_state(gen_states[0])
-            base = int(torch.randint(2**62, (1,), generator=generator, device=device))
-            generator.manual_seed(base + dist.rank)
+        else:  # a new stream per rank (sharing one would repeat views across ranks), derived from the saved one
+            digest = hashlib.sha256(gen_states[0].numpy().tobytes()).digest()
+            generator.manual_seed(int.from_bytes(digest[:7], "little") + dist.rank)
             if dist.is_main:
+                was = f"{len(gen_states)} {saved_type} process(es)"
                 print(
-                    f"simclr pretrain: resuming {len(gen_states)}-process checkpoint on {dist.world_size} "
-                    "processes: augmentation streams re-seeded from the saved ones (same data order and "
+                    f"simclr pretrain: resuming a checkpoint of {was} on {dist.world_size} {device.type} "
+                    "process(es): augmentation streams re-seeded from the saved ones (same data order and "
                     "weights; the views differ from an uninterrupted run's)",
                     flush=True,
                 )
@@ -309,20 +314,16 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         )
     if t.compile:
         train_module = torch.compile(train_module)
-    use_bf16 = t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    autocast = runtime_autocast(device, t.precision)
 
     # ---- run folder ------------------------------------------------------------------------------------
     writer = MetricsWriter(run_dir, dist.is_main)
-    try:
-        if dist.is_main:
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(dump_config(cfg))
-        # Resuming drops lines logged after the checkpoint; a fresh start drops those of a run killed before
-        # its first checkpoint (they would be logged twice, one of them possibly cut in half).
-        writer.truncate_after(state.step)
-    except OSError as e:
-        raise SimCLRError(f"{run_dir}: cannot write the run folder ({e.strerror or e})") from None
+    if dist.is_main:
+        make_folder(run_dir / "checkpoints", "run folder")
+        write_text(run_dir / "config.yaml", dump_config(cfg), "run config")
+    # Resuming drops lines logged after the checkpoint; a fresh start drops those of a run killed before
+    # its first checkpoint (they would be logged twice, one of them possibly cut in half).
+    writer.truncate_after(state.step)
     knn = None
     if dist.is_main and cfg.monitor.knn:
         knn = KnnMonitor.from_config(
@@ -348,7 +349,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                 "momentum_model": momentum_model.state_dict() if momentum_model else None,
                 "memory": queue.state_dict() if queue is not None else None,
                 "run_state": vars(state).copy(),
-                "rng": {"augment": gen, "torch": torch.get_rng_state()},
+                "rng": {"augment": gen, "augment_device": device.type, "torch": torch.get_rng_state()},
                 "num_classes": num_classes,
                 "library_version": __version__,
             },
@@ -364,7 +365,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
             f"device {device}, run folder {run_dir}",
             flush=True,
         )
-    progress = _progress(total_steps, state.step, dist.is_main)
+    progress = runtime_progress(total=total_steps, initial=state.step, unit="step", enabled=dist.is_main)
     # The step's two decisions, the same on every rank (see skip_step): skip it, and the signal to stop on.
     agreed = {"skip": False, "signal": 0}
 
@@ -547,9 +548,7 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
         "library_version": __version__,
     }
     if dist.is_main:
-        tmp = run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, run_dir / "summary.json")
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "run summary")
         note = {
             "interrupted": "interrupted by signal; resume with --resume",
             "stopped_at_max_steps": f"stopped at step {state.step} of {total_steps} (train.max_steps); "
@@ -594,18 +593,4 @@ def _contrastive_accuracy(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
     return (sim.argmax(1) == torch.arange(len(z_a), device=z_a.device)).float().mean()
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        disable=not enabled,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,
-        file=sys.stderr,
-    )
-
-
-__all__ = ["pretrain", "resolve_device", "PretrainModule", "RunState"]
+__all__ = ["pretrain", "PretrainModule", "RunState"]

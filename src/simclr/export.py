@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from simclr.errors import SimCLRError
+from simclr.files import atomic_path, folder_lock, make_folder
 
 FORMAT = "simclr-encoder"
 VERSION = 1
@@ -102,8 +103,7 @@ def save_encoder(
 
     if not hasattr(encoder, "arch_name"):
         raise SimCLRError(f"export: expected a ResNet from create_encoder, got {type(encoder).__name__}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out, "export folder")
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
     mean3 = [float(m) for m in tuple(mean) * (3 // len(mean))]
     std3 = [float(s) for s in tuple(std) * (3 // len(std))]
@@ -135,10 +135,13 @@ def save_encoder(
     if _has("safetensors"):
         from safetensors.torch import save_file
 
-        save_file(state, str(out / SAFETENSORS_NAME), metadata={"format": FORMAT, "version": str(VERSION)})
+        with atomic_path(out / SAFETENSORS_NAME, "safetensors file") as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
         meta["weights"]["safetensors"] = {"file": SAFETENSORS_NAME, "sha256": file_sha256(out / SAFETENSORS_NAME)}
     if onnx:
-        meta["onnx"] = {"file": export_onnx(encoder, out / ONNX_NAME, image_size), "input": "images", "output": "h"}
+        with atomic_path(out / ONNX_NAME, "ONNX file") as tmp:
+            export_onnx(encoder, tmp, image_size)
+        meta["onnx"] = {"file": ONNX_NAME, "input": "images", "output": "h"}
     path = write_json_atomic(out / JSON_NAME, meta)
     _readable([out / w["file"] for w in meta["weights"].values()] + [path])
     return path
@@ -334,7 +337,10 @@ def export_command(run: str, out: str | None = None, onnx: bool = False) -> int:
     """``simclr export RUN [--out DIR] [--onnx]``: print what was written."""
     if onnx and not _has("onnx"):
         raise SimCLRError("export --onnx: the onnx package is not installed (pip install onnx)")
-    path = export_encoder(run, out, onnx=onnx)
+    run_path = resolve_run(run)
+    folder = Path(out) if out else (run_path if run_path.is_dir() else run_path.parent) / "export"
+    with folder_lock(folder, "export folder"):
+        path = export_encoder(run_path, folder, onnx=onnx)
     meta = json.loads(path.read_text())
     files = [w["file"] for w in meta["weights"].values()] + ([meta["onnx"]["file"]] if "onnx" in meta else [])
     arch = meta["architecture"]

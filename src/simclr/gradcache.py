@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from simclr.distributed import all_reduce_max
+from simclr.distributed import SyncBatchNorm, all_reduce_max
 
 Output = Tensor | Sequence[Tensor | None]
 
@@ -121,7 +121,7 @@ class _RunningStatsOnce:
         def hook(bn: _BatchNorm, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             x = inputs[0]
             n = x.numel() // x.shape[1]  # values per channel: batch x spatial positions
-            if isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
+            if isinstance(bn, nn.SyncBatchNorm | SyncBatchNorm) and dist.is_available() and dist.is_initialized():
                 n *= dist.get_world_size()  # statistics over every rank's (equal) micro-batch
             mean, var = bn.running_mean.double(), bn.running_var.double()  # this micro-batch's statistics
             s = self.sums[i]

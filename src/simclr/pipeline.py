@@ -40,7 +40,6 @@ idle cores: 8.5 pretraining, 21.5 distilling). They are short, documented stand-
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -53,6 +52,8 @@ from typing import Any
 
 from simclr.config import Config
 from simclr.errors import SimCLRError
+from simclr.files import folder_lock, write_text
+from simclr.options import option, validate
 
 DISTILL_EPOCHS = 4
 DISTILL_ALPHA = 0.5  # weight of the distillation term (teacher probabilities); 1 - alpha: the fraction's labels
@@ -68,20 +69,23 @@ ROWS = (  # (key, row name), in the table's order
 class PipelineOptions:
     """Per-stage settings of :func:`run_pipeline` (None = the module docstring's default)."""
 
-    fractions: tuple[str, ...] = ("1%", "10%", "100%")
-    pretrain_epochs: int | None = None  # None = the config's train.epochs
-    finetune_epochs: int | None = None  # None = enough for finetune_steps, at least finetune_min_epochs
-    finetune_steps: int = 150
-    finetune_min_epochs: int = 3
-    finetune_batch: int = 256
-    distill_epochs: int | None = None  # None = DISTILL_EPOCHS
-    distill_unlabeled: int | None = None  # None = the whole train split
-    distill_init: str = "pretrained"  # pretrained | scratch
-    distill_temperature: float | None = None  # None = 0.1 (self-distillation)
-    distill_alpha: float = DISTILL_ALPHA
-    linear_epochs: int | None = None  # fast linear eval; None = its default (100)
-    quick: bool = False
-    seed: int = 0
+    fractions: tuple[str, ...] = option(
+        ("1%", "10%", "100%"), "label fractions, e.g. 1%,10%", parse=lambda text: parse_fractions(text)
+    )
+    pretrain_epochs: int | None = option(None, "override the preset's pretraining epochs", ge=1)
+    finetune_epochs: int | None = option(None, "fine-tune / baseline epochs (default: finetune_steps)", ge=1)
+    finetune_steps: int = option(150, "optimizer steps of a fine-tune / baseline stage", ge=1, cli=False)
+    finetune_min_epochs: int = option(3, "fewest fine-tune / baseline epochs", ge=1, cli=False)
+    finetune_batch: int = option(256, "largest fine-tune / baseline batch", ge=1, cli=False)
+    distill_epochs: int | None = option(None, f"distillation epochs (default {DISTILL_EPOCHS})", ge=1)
+    distill_unlabeled: int | None = option(None, "distil on a seeded subset of this many images", ge=1, cli=False)
+    distill_init: str = option("pretrained", "student start: pretrained, or scratch (the paper)",
+                               choices=("pretrained", "scratch"))  # fmt: skip
+    distill_temperature: float | None = option(None, "distillation tau (default 0.1, self-distillation)", gt=0)
+    distill_alpha: float = option(DISTILL_ALPHA, "(1 - alpha) labelled CE + alpha distillation CE", ge=0, le=1)
+    linear_epochs: int | None = option(None, "fast linear eval epochs (default 100)", ge=1, cli=False)
+    quick: bool = option(False, "a few steps per stage (smoke test)")
+    seed: int = option(0, "label subsets and evaluation seed", ge=0, lt=2**63)
 
 
 def finetune_epochs_for(n_labelled: int, batch_size: int, o: PipelineOptions) -> int:
@@ -184,16 +188,16 @@ def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | Non
     """
     from simclr.checkpoint import load_pretrained
     from simclr.distill import DistillOptions
-    from simclr.eval.features import load_eval_data, resolve_device, scaled_batch_size
+    from simclr.eval.features import load_eval_data, scaled_batch_size
     from simclr.eval.finetune import finetune
     from simclr.eval.linear import linear_eval
     from simclr.eval.subsets import select_labels
+    from simclr.runtime import resolve_device
 
     t0 = time.perf_counter()
     o = dataclasses.replace(options) if options is not None else PipelineOptions()
     o.fractions = parse_fractions(o.fractions)
-    if o.distill_init not in ("pretrained", "scratch"):
-        raise SimCLRError(f"distill_init {o.distill_init!r}: use pretrained or scratch")
+    validate(o)
     cfg = dataclasses.replace(
         config, train=dataclasses.replace(config.train), monitor=dataclasses.replace(config.monitor)
     )
@@ -293,7 +297,7 @@ def _record_options(out: Path, o: PipelineOptions) -> None:
                 "finished stages are kept (delete a stage's folder to redo it)",
                 flush=True,
             )
-    path.write_text(json.dumps(now, indent=2) + "\n")
+    write_text(path, json.dumps(now, indent=2) + "\n", "pipeline options")
 
 
 def _cell(result: dict[str, Any], metrics: str) -> dict[str, Any]:
@@ -353,7 +357,7 @@ def write_results(
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(out / "results.json", table)
-    (out / "results.md").write_text(format_results(table))
+    write_text(out / "results.md", format_results(table), "results table")
     return table
 
 
@@ -397,67 +401,21 @@ def format_results(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def pipeline_command(
-    config: Config,
-    out: str | None,
-    fractions: str = "1%,10%,100%",
-    pretrain_epochs: int | None = None,
-    finetune_epochs: int | None = None,
-    distill_epochs: int | None = None,
-    distill_init: str = "pretrained",
-    distill_alpha: float = DISTILL_ALPHA,
-    distill_temperature: float | None = None,
-    quick: bool = False,
-    seed: int = 0,
-) -> int:
-    """``simclr pipeline --preset P --data D --out DIR``: :func:`run_pipeline`; exit status 130 if stopped."""
+def pipeline_command(config: Config, out: str | None, **options: Any) -> int:
+    """``simclr pipeline --preset P --data D --out DIR``: :func:`run_pipeline` with :class:`PipelineOptions`
+    fields as ``options`` (checked before any work); exit status 130 if stopped."""
     if not out:
         raise SimCLRError("simclr pipeline: --out DIR is required")
-    o = PipelineOptions(
-        fractions=parse_fractions(fractions),
-        pretrain_epochs=pretrain_epochs,
-        finetune_epochs=finetune_epochs,
-        distill_epochs=distill_epochs,
-        distill_init=distill_init,
-        distill_alpha=distill_alpha,
-        distill_temperature=distill_temperature,
-        quick=quick,
-        seed=seed,
-    )
-    result = run_pipeline(config, out, o)
+    if "fractions" in options:
+        options["fractions"] = parse_fractions(options["fractions"])
+    o = validate(PipelineOptions(**options))
+    with folder_lock(out, "pipeline folder"):
+        result = run_pipeline(config, out, o)
     return 130 if result.get("status") == "interrupted" else 0
-
-
-def add_pipeline_parser(sub: Any, config_args: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
-    """The ``pipeline`` sub-command; ``config_args`` adds the shared --preset/--config/--data/--set options."""
-    p = sub.add_parser("pipeline", help="pretrain -> linear eval -> fine-tune + baseline -> distill -> table")
-    config_args(p)
-    p.add_argument("--out", help="pipeline folder (one sub-folder per stage, results.md)")
-    p.add_argument("--fractions", default="1%,10%,100%", help="label fractions, e.g. 1%%,10%% (default 1%%,10%%,100%%)")
-    p.add_argument("--pretrain-epochs", type=int, help="override the preset's pretraining epochs")
-    p.add_argument("--finetune-epochs", type=int, help="fine-tune / baseline epochs (default: 150 steps)")
-    p.add_argument("--distill-epochs", type=int, help=f"distillation epochs (default {DISTILL_EPOCHS})")
-    p.add_argument(
-        "--distill-init",
-        choices=["pretrained", "scratch"],
-        default="pretrained",
-        help="student start: the pretrained network (default) or random weights (the paper)",
-    )
-    p.add_argument(
-        "--distill-alpha",
-        type=float,
-        default=DISTILL_ALPHA,
-        help=f"L = (1 - alpha) labelled CE + alpha distillation CE (default {DISTILL_ALPHA}; 1 reads no label)",
-    )
-    p.add_argument("--distill-temperature", type=float, help="distillation tau (default 0.1, self-distillation)")
-    p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
-    p.add_argument("--seed", type=int, default=0, help="label subsets and evaluation seed")
-    return p
 
 
 __all__ = [
     "PipelineOptions",
-    "add_pipeline_parser",
     "finetune_epochs_for",
     "fraction_tag",
     "format_results",

@@ -107,10 +107,12 @@ def describe(cfg: AugmentConfig, out_size: int) -> str:
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Save ``fig`` as PNG."""
+    """Save ``fig`` as PNG, atomically (a full or read-only disk is one line and leaves no partial file)."""
+    from simclr.files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
+    with atomic_path(path, "figure") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     return path
 
 

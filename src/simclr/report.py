@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simclr.errors import SimCLRError
+from simclr.files import folder_lock, write_text
 from simclr.preview import (
     augmentation_figure,
     curves_figure,
@@ -380,8 +381,6 @@ def write_report(
     its figures go beside it). ``max_images``: size of the seeded test sample used for the map and the
     health figures; the retrieval bank is twice that many train images.
     """
-    from simclr.checkpoint import load_pretrained
-    from simclr.eval.features import resolve_device
     from simclr.export import resolve_run
 
     root = Path(run_dir)
@@ -390,8 +389,15 @@ def write_report(
     run = resolve_run(root)
     out = Path(out) if out is not None else root / "report"
     page_path = out if out.suffix == ".html" else out / "index.html"
+    with folder_lock(page_path.parent, "report folder"):
+        return _write_page(root, run, page_path, device, max_images, seed)
+
+
+def _write_page(root: Path, run: Path, page_path: Path, device: str, max_images: int, seed: int) -> Path:
+    from simclr.checkpoint import load_pretrained
+    from simclr.runtime import resolve_device
+
     folder = page_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     page = _Page(folder)
     facts = ""
 
@@ -410,11 +416,11 @@ def write_report(
     else:
         page.note("Training", f"{run / 'metrics.jsonl'}: no metrics logged.")
 
-    try:
-        dev = resolve_device(device)
-        pre = load_pretrained(run, dev)
-    except SimCLRError as e:
-        page.note("Representation", f"no model to inspect: {e}")
+    dev = resolve_device(device)
+    if (run / "checkpoints" / "last.pt").exists() or run.is_file():
+        pre = load_pretrained(run, dev)  # a refused or damaged checkpoint is an error, not a quiet note
+    else:
+        page.note("Representation", f"no model to inspect: {run} has no checkpoints/last.pt yet")
         pre = None
     if pre is not None:
         facts = _run_facts(run, pre.config)
@@ -424,11 +430,12 @@ def write_report(
     title = f"SimCLR report: {root.name}"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     body = "".join(page.parts)
-    page_path.write_text(
+    return write_text(
+        page_path,
         f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_STYLE}</style>"
-        f"</head><body><h1>{_e(title)}</h1>{facts}{body}<p class='note'>Written {stamp}.</p></body></html>\n"
+        f"</head><body><h1>{_e(title)}</h1>{facts}{body}<p class='note'>Written {stamp}.</p></body></html>\n",
+        "report page",
     )
-    return page_path
 
 
 def _model_sections(page: _Page, pre, dev, max_images: int, seed: int) -> None:

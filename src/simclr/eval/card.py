@@ -127,10 +127,9 @@ def _plain(value: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON via a temporary file and ``os.replace``: never half a file."""
-    from simclr.checkpoint import atomic_write
+    from simclr.files import write_text
 
-    text = json.dumps(_plain(obj), indent=2) + "\n"
-    return atomic_write(path, lambda f: f.write(text.encode()), what="file")
+    return write_text(path, json.dumps(_plain(obj), indent=2) + "\n")
 
 
 def write_metrics(out_dir: str | os.PathLike, result: dict[str, Any]) -> Path:

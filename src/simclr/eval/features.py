@@ -7,8 +7,9 @@ a protocol that trains on cached features never runs the encoder twice.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable
+import hashlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +19,7 @@ from torch import Tensor, nn
 from simclr.config import Config
 from simclr.errors import SimCLRError
 from simclr.eval.metrics import topk_correct
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA device is a user error."""
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SimCLRError(f"device {name}: CUDA is not available on this machine")
-    return dev
-
-
-def progress(iterable: Iterable, total: int | None = None, desc: str | None = None, enabled: bool | None = None):
-    """tqdm over ``iterable`` on stderr, shown only when stderr is a terminal (quiet in logs and CI)."""
-    from tqdm.auto import tqdm
-
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(iterable, total=total, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
+from simclr.runtime import autocast, progress
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -54,6 +38,9 @@ class Representation(nn.Module):
 
     def __init__(self, model: nn.Module, from_head_layer: int = 0):
         super().__init__()
+        layers = model.head.num_layers
+        if not 0 <= from_head_layer <= layers:
+            raise SimCLRError(f"--from-head-layer: the projection head has {layers} layers, got {from_head_layer}")
         self.model, self.from_head_layer = model, from_head_layer
         self.train(model.training)  # a new wrapper must not flip the wrapped model's mode when restored
 
@@ -89,9 +76,9 @@ def extract_features(
     net.eval()
     out: list[Tensor] = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device):
             starts = range(0, images.shape[0], batch_size)
-            for start in progress(starts, total=len(starts), desc=desc):
+            for start in progress(starts, total=len(starts), desc=desc, enabled=desc is not None):
                 x = transform(images[start : start + batch_size].to(device, non_blocking=True))
                 out.append(net(x).float())
     finally:
@@ -122,15 +109,38 @@ def evaluate_classifier(
     correct = torch.zeros(2, dtype=torch.int64, device=device)
     try:
         starts = range(0, images.shape[0], batch_size)
-        for start in progress(starts, total=len(starts), desc=desc, enabled=None if desc else False):
+        for start in progress(starts, total=len(starts), desc=desc, enabled=desc is not None):
             x = transform(images[start : start + batch_size].to(device, non_blocking=True))
             y = labels[start : start + batch_size].to(device, non_blocking=True)
-            correct += topk_correct(net(x), y, (1, 5))
+            with autocast(device):
+                logits = net(x)
+            correct += topk_correct(logits.float(), y, (1, 5))
     finally:
         net.train(was_training)
     n = max(1, images.shape[0])
     top1, top5 = (100.0 * float(c) / n for c in correct.cpu())
     return top1, top5
+
+
+def eval_source(config: Config, dataset: str | None = None, path: str | None = None) -> tuple[str, str | None]:
+    """(dataset name, path) an evaluation reads: the given ones, else the run's (its path only for its kind)."""
+    d = config.data
+    name = dataset or d.dataset
+    return name, path if path is not None else (d.path if dataset in (None, d.dataset) else None)
+
+
+def evaluation_identity(config: Config, options: Any, dataset: str | None, path: str | None) -> tuple[dict, dict]:
+    """(evaluated, default) for :func:`evaluation_dir`: the data source and the options, against the run's own
+    data source and the options' defaults (``options`` is a dataclass; its ``mode`` / ``labels`` / ``init``
+    fields, when present, are part of the protocol's name and kept in the default)."""
+    import dataclasses
+
+    name, root = eval_source(config, dataset, path)
+    evaluated = {"dataset": name, "data": root, **dataclasses.asdict(options)}
+    keep = {k: getattr(options, k) for k in ("mode", "labels", "init") if hasattr(options, k)}
+    default = {"dataset": config.data.dataset, "data": config.data.path}
+    default.update(dataclasses.asdict(type(options)(**keep)))
+    return evaluated, default
 
 
 def load_eval_data(config: Config, dataset: str | None = None, path: str | None = None) -> tuple[Any, Any, str]:
@@ -143,8 +153,7 @@ def load_eval_data(config: Config, dataset: str | None = None, path: str | None 
     from simclr.data import load_dataset
 
     d = config.data
-    name = dataset or d.dataset
-    root = path if path is not None else (d.path if dataset in (None, d.dataset) else None)
+    name, root = eval_source(config, dataset, path)
     train = load_dataset(name, root, split="train", image_size=d.image_size, download=d.download)
     test = load_dataset(name, root, split=d.test_split, image_size=d.image_size, download=d.download)
     for split, data in (("train", train), (d.test_split, test)):
@@ -162,6 +171,44 @@ def default_out_dir(run: str | Path | None, protocol: str) -> Path:
         return p / "eval" / protocol
     parent = p.parent.parent if p.parent.name == "checkpoints" else p.parent
     return parent / "eval" / protocol
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))  # tuples -> lists, paths -> str: comparable with JSON
+
+
+def evaluation_dir(
+    run: str | Path | None,
+    protocol: str,
+    evaluated: dict[str, Any],
+    default: dict[str, Any],
+    out: str | Path | None = None,
+) -> Path:
+    """Where an evaluation writes ``metrics.json``, keyed by what it evaluated.
+
+    ``evaluated`` names the evaluation (dataset, data path, split, protocol settings); ``default`` is what
+    the protocol evaluates when given nothing. The default evaluation goes to ``RUN/eval/<protocol>``, any
+    other to ``RUN/eval/<protocol>-<8 hex digits of evaluated>``; ``out`` is used as given. A folder whose
+    ``metrics.json`` records a different evaluation is refused (one line), never overwritten.
+    """
+    evaluated, default = _plain(evaluated), _plain(default)
+    if out is not None:
+        folder = Path(out)
+    elif evaluated == default:
+        folder = default_out_dir(run, protocol)
+    else:
+        digest = hashlib.sha256(json.dumps(evaluated, sort_keys=True).encode()).hexdigest()[:8]
+        folder = default_out_dir(run, f"{protocol}-{digest}")
+    metrics = folder / "metrics.json"
+    if metrics.is_file():
+        try:
+            before = json.loads(metrics.read_text()).get("card", {}).get("evaluated")
+        except (ValueError, AttributeError):
+            before = None
+        if before is not None and before != evaluated:
+            diff = [f"{k}: {before.get(k)!r} there, {v!r} now" for k, v in evaluated.items() if before.get(k) != v]
+            raise SimCLRError(f"{metrics}: holds another evaluation ({'; '.join(diff[:3])}); choose another --out")
+    return folder
 
 
 def scaled_batch_size(n: int, nominal: int, min_steps_per_epoch: int = 5, floor: int = 32) -> int:

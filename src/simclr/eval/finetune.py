@@ -29,6 +29,7 @@ import copy
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,35 @@ from simclr.eval.card import evaluation_card, write_metrics
 from simclr.eval.features import (
     eval_transform_for,
     evaluate_classifier,
-    progress,
-    resolve_device,
     scaled_batch_size,
 )
 from simclr.eval.subsets import save_subset, select_labels, subset_hash
+from simclr.files import folder_lock
+from simclr.options import option, validate
+from simclr.runtime import autocast, progress, resolve_device
 
 MIN_STEPS = 300  # fewest optimizer steps of a default schedule, so that tiny subsets still converge
+
+
+@dataclass
+class FinetuneOptions:
+    """Settings of fine-tuning (None = the default recipe of the module docstring)."""
+
+    labels: str = option("10%", "1%, 10%, 100%, N-per-class, or a FILE of image names")
+    init: str = option(
+        "pretrained", "pretrained, or scratch: the supervised baseline", choices=("pretrained", "scratch")
+    )
+    from_head_layer: int | None = option(None, "projection-head layers kept (default 1 for a v2 head, else 0)", ge=0)
+    epochs: int | None = option(None, "default 60 (<= 5 % labels) / 30, at least 300 steps", ge=1)
+    batch_size: int | None = option(None, "default min(1024, labelled // 5)", ge=1)
+    lr: float | None = option(None, "peak learning rate (default: the recipe's)", gt=0)
+    optimizer: str | None = option(
+        None, "default: lars for a v2 head at batch >= 1024, else sgd", choices=("lars", "sgd")
+    )
+    weight_decay: float | None = option(None, "default 0 (5e-4 from scratch)", ge=0)
+    eval_every: int = option(1, "epochs between test evaluations", ge=1)
+    seed: int = option(0, "label subset, weights of scratch models, views", ge=0, lt=2**63)
+    arch: str | None = option(None, "encoder of a scratch model (default: the run's)")
 
 
 class FinetuneNet(nn.Module):
@@ -174,6 +197,7 @@ def finetune(
     weight_decay: float | None = None,
     eval_every: int = 1,
     dataset: str | None = None,
+    evaluated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``init`` (or train from scratch when None) on the ``labels_spec`` subset of ``train``.
 
@@ -188,6 +212,9 @@ def finetune(
     from simclr.data.base import channel_stats
     from simclr.optim import lr_at
 
+    check_options = FinetuneOptions(labels_spec, "scratch" if init is None else "pretrained", from_head_layer, epochs,
+                                    batch_size, lr, optimizer, weight_decay, eval_every, seed)  # fmt: skip
+    validate(check_options)
     t0 = time.perf_counter()
     device = resolve_device(device)
     scratch = init is None
@@ -240,7 +267,9 @@ def finetune(
                 x = augment(images[idx], generator=view_gen)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, 0, peak_lr)
-            loss = F.cross_entropy(net(x), labels[idx])
+            with autocast(device):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -297,6 +326,7 @@ def finetune(
         labels=labels_spec,
         train_source=train.source,
         test_source=test.source,
+        evaluated=evaluated,
     )
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -359,34 +389,25 @@ def finetune_command(
     run: str | None = None,
     data: str | None = None,
     dataset: str | None = None,
-    labels: str = "10%",
-    from_head_layer: int | None = None,
-    init: str = "pretrained",
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    optimizer: str | None = None,
-    seed: int = 0,
     out: str | None = None,
     device: str = "auto",
-    arch: str | None = None,
-    weight_decay: float | None = None,
-    eval_every: int = 1,
+    **options: Any,
 ) -> dict[str, Any]:
     """``simclr finetune RUN --labels 1% [--init scratch]``: fine-tune and write ``metrics.json``.
 
-    ``init="pretrained"`` needs ``run``; ``init="scratch"`` takes the architecture from ``run``'s config
-    when given (``arch`` overrides it), else a default config with ``arch``. ``out`` defaults to
-    ``RUN/eval/finetune-<init>-<labels>``. Prints one summary line; returns :func:`finetune`'s dict.
+    ``options`` are :class:`FinetuneOptions` fields (checked before any work). ``init="pretrained"`` needs
+    ``run``; ``init="scratch"`` takes the architecture from ``run``'s config when given (``arch`` overrides
+    it), else a default config with ``arch``. ``out`` defaults to ``RUN/eval/finetune-<init>-<labels>`` for
+    the run's data and default settings, else with ``-<hash>`` appended. Prints one summary line; returns
+    :func:`finetune`'s dict.
     """
     from simclr.checkpoint import load_pretrained, resolve_checkpoint
-    from simclr.eval.features import default_out_dir, load_eval_data
+    from simclr.eval.features import evaluation_dir, evaluation_identity, load_eval_data
 
-    if init not in ("pretrained", "scratch"):
-        raise SimCLRError(f"init {init!r}: use pretrained or scratch")
+    o = validate(FinetuneOptions(**options))
     dev = resolve_device(device)
     pre = None
-    if init == "pretrained":
+    if o.init == "pretrained":
         if run is None:
             raise SimCLRError("finetune --init pretrained needs a run folder or checkpoint")
         pre = load_pretrained(run, dev)
@@ -401,34 +422,24 @@ def finetune_command(
         cfg = Config()
         if dataset:
             cfg.data.dataset = dataset
-    if arch:
+    if o.arch:
         if pre is not None:
             raise SimCLRError("--arch applies to --init scratch only (a pretrained run fixes the architecture)")
-        cfg.model.arch = arch
-    train, test, name = load_eval_data(cfg, dataset, data)
-    name_part = Path(labels).stem if Path(labels).is_file() else labels.replace("%", "pct")
+        cfg.model.arch = o.arch
+    name_part = Path(o.labels).stem if Path(o.labels).is_file() else o.labels.replace("%", "pct")
     tag = re.sub(r"[^A-Za-z0-9.-]+", "_", name_part).strip("_")
-    out_dir = Path(out) if out else default_out_dir(run, f"finetune-{init}-{tag}")
-    result = finetune(
-        pre,
-        train,
-        test,
-        labels,
-        from_head_layer,
-        optimizer,
-        epochs,
-        batch_size,
-        lr,
-        seed,
-        dev,
-        out_dir,
-        config=cfg,
-        weight_decay=weight_decay,
-        eval_every=eval_every,
-        dataset=name,
-    )
+    evaluated, default = evaluation_identity(cfg, o, dataset, data)
+    out_dir = evaluation_dir(run, f"finetune-{o.init}-{tag}", evaluated, default, out)
+    train, test, name = load_eval_data(cfg, dataset, data)
+    with folder_lock(out_dir, "fine-tuning folder"):
+        result = finetune(
+            pre, train, test, o.labels, o.from_head_layer, o.optimizer, o.epochs, o.batch_size, o.lr, o.seed, dev,
+            out_dir, config=cfg, weight_decay=o.weight_decay, eval_every=o.eval_every, dataset=name,
+            evaluated=evaluated,
+        )  # fmt: skip
+    result["out_dir"] = str(out_dir)
     print(
-        f"finetune ({result['init']}, {labels}: {result['n_labelled']} labels, from head layer "
+        f"finetune ({result['init']}, {o.labels}: {result['n_labelled']} labels, from head layer "
         f"{result['from_head_layer']}, {result['optimizer']} lr {result['lr']:.4g}, "
         f"{result['epochs']} epochs): "
         f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  -> {out_dir / 'metrics.json'}"

@@ -8,21 +8,25 @@ with weight exp(sim / temperature), temperature 0.1, and the class with the larg
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from simclr.config import KNN_K, KNN_TEMPERATURE
 from simclr.eval.metrics import topk_correct
+from simclr.files import folder_lock
+from simclr.options import option, validate
 
 
 def knn_scores(
     train_feats: Tensor,
     train_labels: Tensor,
     test_feats: Tensor,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     num_classes: int | None = None,
     chunk_size: int = 256,
 ) -> Tensor:
@@ -57,8 +61,8 @@ def knn_eval(
     train_labels: Tensor,
     test_feats: Tensor,
     test_labels: Tensor,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     num_classes: int | None = None,
     chunk_size: int = 256,
 ) -> tuple[float, float]:
@@ -78,75 +82,77 @@ def knn_eval(
     return 100.0 * float(correct[0]) / n, 100.0 * float(correct[1]) / n
 
 
+@dataclass
+class KnnOptions:
+    """Settings of ``simclr knn`` (the defaults are the protocol's: k 200, temperature 0.1)."""
+
+    k: int = option(KNN_K, "neighbours that vote", ge=1)
+    temperature: float = option(KNN_TEMPERATURE, "vote weight exp(similarity / temperature)", gt=0)
+    batch_size: int = option(512, "images per feature-extraction batch", ge=1)
+    from_head_layer: int = option(0, "features after this many projection-head layers (0 = h)", ge=0)
+    seed: int = option(0, ge=0, lt=2**63)
+
+
 def knn_command(
     run: str,
     data: str | None = None,
     dataset: str | None = None,
-    k: int = 200,
-    temperature: float = 0.1,
     out: str | None = None,
     device: str = "auto",
-    seed: int = 0,
-    batch_size: int = 512,
-    from_head_layer: int = 0,
+    **options: Any,
 ) -> dict:
     """``simclr knn RUN``: embed the train and test splits with the frozen encoder, report weighted kNN.
 
-    Features are h (``from_head_layer=0``) after the evaluation preprocessing; writes ``metrics.json`` to
-    ``out`` (default ``RUN/eval/knn``) and returns the result dict (top1, top5 in percent, card).
+    ``options`` are :class:`KnnOptions` fields (checked before any work). Features are h
+    (``from_head_layer=0``) after the evaluation preprocessing; writes ``metrics.json`` to ``out`` (default
+    ``RUN/eval/knn`` for the run's own data and default settings, else ``RUN/eval/knn-<hash>``) and returns
+    the result dict (top1, top5 in percent, card).
     """
     from simclr.checkpoint import load_pretrained
     from simclr.eval.card import evaluation_card, write_metrics
     from simclr.eval.features import (
         Representation,
-        default_out_dir,
         eval_transform_for,
+        evaluation_dir,
+        evaluation_identity,
         extract_features,
         load_eval_data,
-        resolve_device,
     )
+    from simclr.runtime import resolve_device
 
+    o = validate(KnnOptions(**options))
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    torch.manual_seed(seed)
+    torch.manual_seed(o.seed)
     pre = load_pretrained(run, dev)
+    evaluated, default = evaluation_identity(pre.config, o, dataset, data)
+    out_dir = evaluation_dir(run, "knn", evaluated, default, out)
     train, test, name = load_eval_data(pre.config, dataset, data)
-    net = Representation(pre.model, from_head_layer)
+    net = Representation(pre.model, o.from_head_layer)
     transform = eval_transform_for(pre.config, pre.image_size, pre.mean, pre.std)
-    train_feats = extract_features(net, train.images, transform, batch_size, dev, desc="kNN bank")
-    test_feats = extract_features(net, test.images, transform, batch_size, dev, desc="kNN test")
+    train_feats = extract_features(net, train.images, transform, o.batch_size, dev, desc="kNN bank")
+    test_feats = extract_features(net, test.images, transform, o.batch_size, dev, desc="kNN test")
     num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
     top1, top5 = knn_eval(
-        train_feats, train.labels.to(dev), test_feats, test.labels.to(dev), k, temperature, num_classes
+        train_feats, train.labels.to(dev), test_feats, test.labels.to(dev), o.k, o.temperature, num_classes
     )
-    out_dir = Path(out) if out else default_out_dir(run, "knn")
     result = {
         "protocol": "knn",
         "top1": top1,
         "top5": top5,
-        "k": min(k, len(train_feats)),
-        "temperature": temperature,
-        "from_head_layer": from_head_layer,
+        "k": min(o.k, len(train_feats)),
+        "temperature": o.temperature,
+        "from_head_layer": o.from_head_layer,
         "num_classes": num_classes,
         "n_train": len(train_feats),
         "n_test": len(test_feats),
     }
     result["card"] = evaluation_card(
-        "knn",
-        name,
-        "test",
-        1.0,
-        None,
-        seed,
-        None,
-        batch_size,
-        pre.sha256,
-        dev,
-        time.perf_counter() - t0,
-        checkpoint=str(pre.path),
-        train_source=train.source,
-        test_source=test.source,
-    )
-    path = write_metrics(out_dir, result)
-    print(f"knn (k={result['k']}, T={temperature}): top-1 {top1:.2f} %  top-5 {top5:.2f} %  -> {path}")
+        "knn", name, "test", 1.0, None, o.seed, None, o.batch_size, pre.sha256, dev, time.perf_counter() - t0,
+        checkpoint=str(pre.path), train_source=train.source, test_source=test.source, evaluated=evaluated,
+    )  # fmt: skip
+    with folder_lock(out_dir, "evaluation folder"):
+        path = write_metrics(out_dir, result)
+    result["out_dir"] = str(out_dir)
+    print(f"knn (k={result['k']}, T={o.temperature}): top-1 {top1:.2f} %  top-5 {top5:.2f} %  -> {path}")
     return result

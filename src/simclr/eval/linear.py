@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,27 @@ from simclr.eval.features import (
     eval_transform_for,
     extract_features,
     freeze,
-    progress,
-    resolve_device,
     scaled_batch_size,
 )
 from simclr.eval.metrics import topk_accuracy
+from simclr.files import folder_lock
+from simclr.options import option, validate
+from simclr.runtime import progress, resolve_device
 
 FAST_EPOCHS, FAST_BATCH, FAST_LR = 100, 1024, 1e-3
 PAPER_EPOCHS, PAPER_BATCH, PAPER_BASE_LR = 90, 4096, 0.1  # lr = 0.1 x B / 256 (v1 B.6)
+
+
+@dataclass
+class LinearOptions:
+    """Settings of linear evaluation (None = the mode's default, see the module docstring)."""
+
+    mode: str = option("fast", "fast: cached features; paper: the official protocol", choices=("fast", "paper"))
+    epochs: int | None = option(None, f"default {FAST_EPOCHS} (fast) / {PAPER_EPOCHS} (paper)", ge=1)
+    batch_size: int | None = option(None, f"default {FAST_BATCH} (fast) / {PAPER_BATCH} scaled to the data", ge=1)
+    from_head_layer: int = option(0, "probe the output of this many projection-head layers (0 = h)", ge=0)
+    seed: int = option(0, ge=0, lt=2**63)
+    baselines: bool = option(False, "also probe the random-init encoder and the raw pixels (fast mode)")
 
 
 def fit_linear(
@@ -152,6 +166,7 @@ def linear_eval(
     dataset: str | None = None,
     out_dir: str | Path | None = None,
     feature_batch_size: int = 512,
+    evaluated: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Linear evaluation of ``pretrained`` on ``train`` / ``test`` (:class:`~simclr.data.ImageData`).
 
@@ -161,8 +176,7 @@ def linear_eval(
     (percent, test split), ``train_top1``, the settings used and an evaluation ``card``; written to
     ``out_dir/metrics.json`` when ``out_dir`` is given. Raises if the encoder's weights changed.
     """
-    if mode not in ("fast", "paper"):
-        raise SimCLRError(f"linear-eval mode {mode!r}: use fast or paper")
+    validate(LinearOptions(mode, epochs, batch_size, from_head_layer, seed))
     if train.labels is None or test.labels is None:
         raise SimCLRError(f"{train.source}: linear evaluation needs labelled train and test splits")
     t0 = time.perf_counter()
@@ -273,6 +287,7 @@ def linear_eval(
         checkpoint=str(pretrained.path),
         train_source=train.source,
         test_source=test.source,
+        evaluated=evaluated,
     )
     if out_dir is not None:
         write_metrics(out_dir, result)
@@ -341,52 +356,45 @@ def linear_eval_command(
     run: str,
     data: str | None = None,
     dataset: str | None = None,
-    mode: str = "fast",
     out: str | None = None,
     device: str = "auto",
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    seed: int = 0,
-    from_head_layer: int = 0,
-    baselines: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """``simclr linear-eval RUN``: load the run's checkpoint and data, evaluate, write ``metrics.json``.
 
-    ``data`` / ``dataset`` default to the run's; ``out`` defaults to ``RUN/eval/linear-<mode>``.
+    ``options`` are :class:`LinearOptions` fields (checked before any work). ``data`` / ``dataset`` default
+    to the run's; ``out`` defaults to ``RUN/eval/linear-<mode>`` for the run's own data and default
+    settings, ``RUN/eval/linear-<mode>-<hash>`` otherwise (:func:`~simclr.eval.features.evaluation_dir`).
     ``baselines`` (fast mode) also probes the randomly initialised encoder and the raw pixels
     (:func:`fast_baselines`) and stores them under ``result["baselines"]``.
     Prints one summary line and returns the result dict of :func:`linear_eval`.
     """
     from simclr.checkpoint import load_pretrained
-    from simclr.eval.features import default_out_dir, load_eval_data
+    from simclr.eval.features import evaluation_dir, evaluation_identity, load_eval_data
 
+    o = validate(LinearOptions(**options))
     dev = resolve_device(device)
-    torch.manual_seed(seed)
+    torch.manual_seed(o.seed)
     pre = load_pretrained(run, dev)
     train, test, name = load_eval_data(pre.config, dataset, data)
-    out_dir = Path(out) if out else default_out_dir(run, f"linear-{mode}")
-    result = linear_eval(
-        pre,
-        train,
-        test,
-        mode=mode,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        device=dev,
-        from_head_layer=from_head_layer,
-        dataset=name,
-        out_dir=out_dir,
-    )
+    evaluated, default = evaluation_identity(pre.config, o, dataset, data)
+    out_dir = evaluation_dir(run, f"linear-{o.mode}", evaluated, default, out)
+    with folder_lock(out_dir, "evaluation folder"):
+        result = linear_eval(
+            pre, train, test, mode=o.mode, epochs=o.epochs, batch_size=o.batch_size, seed=o.seed, device=dev,
+            from_head_layer=o.from_head_layer, dataset=name, evaluated=evaluated,
+        )  # fmt: skip
+        if o.baselines:
+            result["baselines"] = fast_baselines(pre, train, test, seed=o.seed, device=dev)
+        write_metrics(out_dir, result)
+    result["out_dir"] = str(out_dir)
     print(
-        f"linear eval ({mode}, {result['epochs']} epochs, batch {result['batch_size']}): "
+        f"linear eval ({o.mode}, {result['epochs']} epochs, batch {result['batch_size']}): "
         f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  "
         f"({result['card']['wall_clock_s']:.0f} s) -> {out_dir / 'metrics.json'}"
     )
-    if baselines:
-        result["baselines"] = fast_baselines(pre, train, test, seed=seed, device=dev)
-        write_metrics(out_dir, result)
-        for key, label in (("random_encoder", "random-init encoder"), ("raw_pixels", "raw pixels")):
+    for key, label in (("random_encoder", "random-init encoder"), ("raw_pixels", "raw pixels")):
+        if key in result.get("baselines", {}):
             b = result["baselines"][key]
             print(f"  baseline, {label:19s}: top-1 {b['top1']:.2f} %  top-5 {b['top5']:.2f} %")
     return result

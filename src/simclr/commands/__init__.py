@@ -1,0 +1,42 @@
+"""The ``simclr`` sub-commands, one module each: ``NAME``, ``HELP``, ``add_arguments(parser)``, ``run(args)``.
+
+A command module only parses and dispatches: its flags come from the stage's options dataclass
+(:func:`simclr.options.add_flags`) where it has one, and ``run`` calls the library function that does the
+work. :mod:`simclr.cli` builds the parser from :data:`COMMANDS` in this order.
+"""
+
+from __future__ import annotations
+
+from simclr.commands import (
+    bench,
+    distill,
+    embed,
+    export,
+    finetune,
+    knn,
+    linear_eval,
+    models,
+    pipeline,
+    presets,
+    pretrain,
+    report,
+    show_augmentations,
+)
+
+COMMANDS = (
+    pretrain,
+    presets,
+    models,
+    linear_eval,
+    knn,
+    finetune,
+    distill,
+    pipeline,
+    bench,
+    report,
+    export,
+    embed,
+    show_augmentations,
+)
+
+__all__ = ["COMMANDS"]
