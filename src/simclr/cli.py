@@ -215,6 +215,22 @@ def _embed(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+@command("import-tf")
+def _import_tf(args: argparse.Namespace) -> int:
+    from simclr.tfimport.run import import_tf_command
+
+    return import_tf_command(args.ckpt, args.out, args.ema, args.from_head_layer, args.ignore, args.data, args.dataset)
+
+
+@command("predict")
+def _predict(args: argparse.Namespace) -> int:
+    from simclr.predict import predict_command
+
+    return predict_command(
+        args.run, args.data, args.out, args.dataset, args.split, args.top_k, args.batch_size, args.device
+    )
+
+
 @command("show-augmentations")
 def _show_augmentations(args: argparse.Namespace) -> int:
     from simclr.preview import show_augmentations_command
@@ -304,6 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file stem (FILE.npy, FILE.csv)")
     p.add_argument("--which", choices=["h", "z"], default="h", help="representation h or projection z")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("import-tf", help="import an official SimCLR v1/v2 TensorFlow checkpoint as a run folder")
+    p.add_argument("ckpt", help="checkpoint prefix (.../model.ckpt-250228) or folder with a 'checkpoint' file")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--ema", action="store_true", help="import the ema_model/ copy (v2 pretrained checkpoints)")
+    p.add_argument("--from-head-layer", type=int, help="projection layers under the classifier (default: by folder)")
+    p.add_argument("--ignore", action="append", default=[], metavar="REGEX", help="skip matching variables")
+    p.add_argument("--data", help="dataset path to record in the run's config (e.g. an ImageNet folder)")
+    p.add_argument("--dataset", help="dataset kind to record (default: folder)")
+
+    p = sub.add_parser("predict", help="class predictions of a classifier run, as CSV")
+    p.add_argument("run", help="folder with finetuned.pt (finetune/distill output, imported checkpoint) or the file")
+    p.add_argument("--data", required=True, help="images to classify (a folder, or a dataset path)")
+    p.add_argument("--dataset", help="dataset kind (default: detected from --data)")
+    p.add_argument("--split", help="split of --data (default: the folder itself, or test)")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("show-augmentations", help="PNG grid of image / view 1 / view 2 for a preset and data")

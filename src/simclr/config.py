@@ -52,6 +52,7 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     normalize: bool = True  # per-channel mean/std of the dataset (harmless; official code feeds [0, 1])
     eval_crop_fraction: float | None = None  # None = auto: 0.875 for images larger than 32 px, else 1.0
+    eval_interpolation: str | None = None  # resize of the evaluation crop: bilinear | bicubic; None = default
 
 
 @dataclass
@@ -218,6 +219,7 @@ _CHOICES = {
     "train.precision": ("auto", "bf16", "fp32"),
     "optim.schedule": ("cosine", "constant"),
     "optim.lr_scaling": ("linear", "sqrt", "none"),
+    "augment.eval_interpolation": ("bilinear", "bicubic"),
 }
 
 
