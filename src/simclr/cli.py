@@ -285,7 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="semi-supervised fine-tuning on a label subset")
     eval_common(p)
-    p.add_argument("--labels", default="10%", help="1%%, 10%%, 100%%, N-per-class, or a FILE of image names")
+    p.add_argument(
+        "--labels",
+        default="10%",
+        help="1%%, 10%% (the official lists on an ImageNet folder; 1%%-balanced: a seeded draw), 100%%, "
+        "N-per-class, or a FILE of image names",
+    )
     p.add_argument("--from-head-layer", type=int, help="keep this many projection-head layers (v2 default 1)")
     p.add_argument("--init", choices=["pretrained", "scratch"], default="pretrained")
     p.add_argument("--epochs", type=int)
