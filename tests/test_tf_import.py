@@ -265,3 +265,32 @@ def test_imported_run_with_finetune_distill_linear_export_report(tmp_path):
     assert main(["distill", "--teacher", str(run), "--epochs", "1", "--batch-size", "4"]) == 0
     assert main(["export", str(run)]) == 0
     assert main(["report", str(run), "--max-images", "6"]) == 0
+
+
+def test_predict_maps_imagenet_class_folders_to_the_models_classes(tmp_path, capsys):
+    import csv
+
+    prefix, _ = tiny_checkpoint(tmp_path / "model.ckpt-1", sk=False, num_classes=1000)
+    run = tmp_path / "run"
+    assert main(["import-tf", str(prefix), "--out", str(run)]) == 0
+    rng = np.random.default_rng(0)
+    for wnid in ("n01443537", "n01484850"):  # ImageNet classes 1 and 2 (goldfish, great white shark)
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+                tmp_path / "val" / wnid / f"{i}.png"
+            )
+    capsys.readouterr()
+    assert main(["predict", str(run), "--data", str(tmp_path / "val"), "--out", str(tmp_path / "p.csv")]) == 0
+    line = capsys.readouterr().out
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [int(r["label"]) for r in rows] == [1, 1, 1, 2, 2, 2]
+    top1 = 100 * np.mean([r["top1_index"] == r["label"] for r in rows])
+    assert f"top1 {top1:.2f} %" in line and "top5" in line
+    assert rows[0]["top1"] == class_names_of(int(rows[0]["top1_index"]))
+
+
+def class_names_of(i: int) -> str:
+    from simclr.imagenet import imagenet_names
+
+    return imagenet_names()[i]

@@ -58,9 +58,12 @@ def predict(
         raise SimCLRError(f"{images.source}: no images")
     k = min(top_k, net.num_classes)
     names = class_names(net.classes, net.num_classes) or [str(i) for i in range(net.num_classes)]
-    # Labels count only when the data's classes are the model's (same names, same order).
-    same = images.labels is not None and images.classes is not None and net.classes is not None
-    same = same and list(images.classes) == list(net.classes)[: len(images.classes)]
+    # Accuracy only when every class folder of the data is one of the model's classes (e.g. ImageNet wnids).
+    label_map = None
+    if images.labels is not None and images.classes is not None and net.classes is not None:
+        if set(images.classes) <= set(net.classes):
+            label_map = torch.tensor([list(net.classes).index(c) for c in images.classes])
+    same = label_map is not None
     transform = net.eval_transform().to(dev)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,11 +82,12 @@ def predict(
             p, top = probs.topk(k, dim=1)
             labels = images.labels[idx] if images.labels is not None else None
             if same:
+                labels = label_map[labels]
                 hit = top == labels[:, None]
                 correct += torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum()])
             for row, i in enumerate(idx.tolist()):
                 name = images.names[i] if images.names is not None else str(i)
-                label = "" if labels is None else int(labels[row])
+                label = "" if labels is None else int(labels[row])  # the model's class index when mapped
                 w.writerow(
                     [i, name, label]
                     + [names[j] for j in top[row].tolist()]
