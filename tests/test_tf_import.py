@@ -67,7 +67,6 @@ def tiny_checkpoint(
 # ------------------------------------------------------------------------ all 13 Table 1 encoders
 @functools.cache
 def _meta_state(name: str, head_layers: int) -> dict[str, tuple[int, ...]]:
-    arch = plan_arch = None  # noqa: F841 (readability)
     cfg = model_config_for(name, head_layers)
     with torch.device("meta"):
         model = build_model(cfg.model, 224)
@@ -168,8 +167,10 @@ def test_ema_copy_is_imported_with_ema(tmp_path):
 
 
 def test_v1_checkpoint_without_projection_head(tmp_path):
+    import simclr
+
     prefix, _ = tiny_checkpoint(tmp_path / "ck", sk=False, head_layers=0, num_classes=5)
-    tf = load_tf_checkpoint(prefix)
+    tf = simclr.load_tf_checkpoint(prefix)  # the public API
     assert tf.head is None and tf.arch.name == "r50_0.25x_sk0" and tf.classifier is not None
     assert tf.encoder(torch.rand(1, 3, 64, 64)).shape == (1, 512)
 

@@ -65,12 +65,12 @@ def plan_import(
     used = {v.tf_name for v in plan}
     # The model copy not imported: the EMA one, or (with ema) the trained one, whose supervised head is
     # skipped only when the EMA copy has its own.
-    other_copy = re.compile(
-        r"^ema_model/"
-        if not ema
-        else f"^({'head_supervised|' if head_scope else ''}"
-        r"base_model|head_contrastive)/"
-    )
+    if not ema:
+        other_copy = re.compile(r"^ema_model/")
+    else:
+        other_copy = re.compile(
+            r"^(head_supervised|base_model|head_contrastive)/" if head_scope else r"^(base_model|head_contrastive)/"
+        )
     patterns = [re.compile(p) for p in ignore]
     for name in sorted(shapes):
         if name in used or IGNORED.search(name) or other_copy.search(name) or any(p.search(name) for p in patterns):
