@@ -6,6 +6,7 @@ The public API (stable; used by scripts and notebooks):
 - :func:`create_encoder` — ResNet encoders by name, e.g. ``create_encoder("r50_2x_sk1")``.
 - :class:`Augment` — the batched SimCLR augmentation, run on the model's device.
 - :func:`load_encoder` — an exported encoder, loaded with torch alone.
+- :func:`load_tf_checkpoint` — an official SimCLR v1/v2 TensorFlow checkpoint, read without TensorFlow.
 - :func:`pretrain` — run SimCLR pretraining from a :class:`Config`.
 """
 
@@ -16,7 +17,12 @@ __version__ = "0.1.0"
 from simclr.config import Config, load_config
 from simclr.errors import SimCLRError
 
-_LAZY = {"Augment": "simclr.augment", "nt_xent": "simclr.loss", "create_encoder": "simclr.models"}
+_LAZY = {
+    "Augment": "simclr.augment",
+    "nt_xent": "simclr.loss",
+    "create_encoder": "simclr.models",
+    "load_tf_checkpoint": "simclr.tfimport",
+}
 
 
 def __getattr__(name: str):
@@ -50,6 +56,7 @@ __all__ = [
     "create_encoder",
     "load_config",
     "load_encoder",
+    "load_tf_checkpoint",
     "nt_xent",
     "pretrain",
 ]

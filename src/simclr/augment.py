@@ -292,9 +292,14 @@ class EvalTransform(nn.Module):
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.5, 0.5, 0.5),
         normalize: bool = True,
+        interpolation: str | None = None,
     ) -> None:
         super().__init__()
         self.out_size = int(out_size)
+        # None keeps the default above; "bicubic" is the official evaluation resize (SPEC-DETAILS 1.7).
+        if interpolation not in (None, "bilinear", "bicubic"):
+            raise SimCLRError(f"augment.eval_interpolation: use bilinear or bicubic, got {interpolation!r}")
+        self.interpolation = interpolation or "bilinear"
         if crop_fraction is None:
             crop_fraction = 0.875 if out_size > 32 else 1.0
         if not 0.0 < crop_fraction <= 1.0:
@@ -310,7 +315,7 @@ class EvalTransform(nn.Module):
         xf = x[:, :, top : top + side, left : left + side].to(torch.float32)
         if side != self.out_size:
             size = (self.out_size, self.out_size)
-            xf = F.interpolate(xf, size=size, mode="bilinear", align_corners=False, antialias=True)
+            xf = F.interpolate(xf, size=size, mode=self.interpolation, align_corners=False, antialias=True)
         if x.dtype == torch.uint8:
             xf = (xf / 255).clamp_(0, 1)
         return self.normalize(xf)

@@ -74,6 +74,8 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = option((0.1, 2.0), pair=(1e-6, 1e6))
     normalize: bool = True  # per-channel mean/std of the dataset (harmless; official code feeds [0, 1])
     eval_crop_fraction: float | None = option(None, gt=0, le=1)  # None = auto: 0.875 above 32 px, else 1.0
+    # resize of the evaluation crop; None = bilinear (imported TF runs record bicubic, the official resize)
+    eval_interpolation: str | None = option(None, choices=("bilinear", "bicubic"))
 
 
 @dataclass

@@ -13,10 +13,12 @@ from simclr.commands import (
     embed,
     export,
     finetune,
+    import_tf,
     knn,
     linear_eval,
     models,
     pipeline,
+    predict,
     presets,
     pretrain,
     report,
@@ -36,6 +38,8 @@ COMMANDS = (
     report,
     export,
     embed,
+    predict,
+    import_tf,
     show_augmentations,
 )
 

@@ -55,7 +55,10 @@ def eval_transform_for(config: Config, image_size: int, mean, std) -> nn.Module:
     from simclr.augment import EvalTransform
 
     a = config.augment
-    return EvalTransform(image_size, a.eval_crop_fraction, tuple(mean), tuple(std), normalize=a.normalize)
+    return EvalTransform(
+        image_size, a.eval_crop_fraction, tuple(mean), tuple(std), normalize=a.normalize,
+        interpolation=a.eval_interpolation,
+    )  # fmt: skip
 
 
 def extract_features(

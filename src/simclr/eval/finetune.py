@@ -58,7 +58,8 @@ MIN_STEPS = 300  # fewest optimizer steps of a default schedule, so that tiny su
 class FinetuneOptions:
     """Settings of fine-tuning (None = the default recipe of the module docstring)."""
 
-    labels: str = option("10%", "1%, 10%, 100%, N-per-class, or a FILE of image names")
+    labels: str = option("10%", "1%, 10% (the official lists on an ImageNet folder; 1%-balanced: a seeded draw), "
+                         "100%, N-per-class, or a FILE of image names")  # fmt: skip
     init: str = option(
         "pretrained", "pretrained, or scratch: the supervised baseline", choices=("pretrained", "scratch")
     )

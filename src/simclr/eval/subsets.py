@@ -4,7 +4,9 @@ A subset is given by a spec:
 
 - ``"1%"``, ``"10%"``, ``"100%"``: round(p x N) labelled images, class-balanced (per-class counts as equal as
   possible; classes short of images give their share to the others; the remainder goes to classes drawn
-  with the seed);
+  with the seed). On an ImageNet train folder (file names like ``n01440764_10026.JPEG``), ``"1%"`` and
+  ``"10%"`` are the official SimCLR lists shipped with the package (:mod:`simclr.imagenet`), and
+  ``"1%-balanced"`` / ``"10%-balanced"`` name the seeded draw;
 - ``"13-per-class"``: k images of every class (all of a class that has fewer);
 - a FILE listing image names one per line, like the official ImageNet ``1percent.txt`` /
   ``10percent.txt`` (``n01440764_10026.JPEG``), matched on the basename of ``ImageData.names``.
@@ -29,7 +31,8 @@ from torch import Tensor
 
 from simclr.errors import SimCLRError
 
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*(-\s*balanced)?\s*$", re.IGNORECASE)
+_IMAGENET_TRAIN_NAME = re.compile(r"n\d{8}_\d+\.JPEG")
 _PER_CLASS = re.compile(r"^\s*(\d+)\s*-?\s*per[-_ ]?class\s*$", re.IGNORECASE)
 
 
@@ -110,6 +113,31 @@ def _select_from_file(path: Path, names: list[str] | None, labels: Tensor) -> Te
     return torch.tensor(sorted(set(chosen)), dtype=torch.int64)
 
 
+def is_imagenet_train(names: list[str] | None) -> bool:
+    """Whether the file names are those of the ImageNet train set (``<wnid>_<n>.JPEG``)."""
+    if not names:
+        return False
+    return all(_IMAGENET_TRAIN_NAME.fullmatch(os.path.basename(n)) for n in names)
+
+
+def _select_official(path: Path, spec: str, names: list[str], labels: Tensor) -> Tensor:
+    """Indices of the official list's images; a clear error when the folder lacks some of them."""
+    index = {os.path.basename(n): i for i, n in enumerate(names)}
+    wanted = _read_name_list(path)
+    missing = [n for n in wanted if n not in index]
+    if missing:
+        pct = spec.strip().rstrip("%")
+        raise SimCLRError(
+            f"labels {spec!r}: {len(missing)} of the {len(wanted)} images of the official ImageNet list "
+            f"({path.name}) are not in this folder (e.g. {missing[0]}); use --labels {pct}%-balanced for a "
+            "seeded class-balanced draw"
+        )
+    chosen = torch.tensor(sorted(index[n] for n in wanted), dtype=torch.int64)
+    if bool((labels[chosen] < 0).any()):
+        raise SimCLRError(f"labels {spec!r}: some images of the official list have no label")
+    return chosen
+
+
 def select_labels(labels: Tensor, spec: str, seed: int = 0, names: list[str] | None = None) -> Tensor:
     """Indices (sorted int64) of the images whose labels fine-tuning may use.
 
@@ -122,6 +150,12 @@ def select_labels(labels: Tensor, spec: str, seed: int = 0, names: list[str] | N
     kind, value = parse_spec(spec)
     if kind == "file":
         return _select_from_file(value, names, labels)  # type: ignore[arg-type]
+    if kind == "percent" and not spec.strip().lower().endswith("balanced") and is_imagenet_train(names):
+        from simclr.imagenet import official_subset
+
+        official = official_subset(float(value))
+        if official is not None:
+            return _select_official(official, spec, names, labels)  # type: ignore[arg-type]
     valid = labels >= 0
     n_labelled = int(valid.sum())
     if n_labelled == 0:
