@@ -35,9 +35,9 @@ def predict(
     from simclr.data import detect_format
     from simclr.data.folder import FolderStream
     from simclr.embed import _batches, open_images
-    from simclr.runtime import progress, resolve_device
     from simclr.eval.finetune import load_classifier
     from simclr.imagenet import class_names
+    from simclr.runtime import progress, resolve_device
 
     if top_k < 1:
         raise SimCLRError(f"--top-k: must be >= 1, got {top_k}")
