@@ -61,7 +61,11 @@ class ModelConfig:
     arch: str = "resnet18"  # resnet18/34/50/101/152 or r50_2x_sk1-style names
     width_multiplier: float = 1.0
     sk_ratio: float = 0.0  # 0.0625 turns on Selective Kernels (v2)
-    cifar_stem: bool | None = None  # None = auto: 3x3 stride-1 stem without max-pool for images <= 64 px
+    cifar_stem: bool | None = None  # None = auto: 3x3 stride-1 stem, no max-pool, for small views (below)
+    cifar_stem_max_side: int = 32  # auto picks the CIFAR stem up to this side: 32, the official rule
+    # the first block of every group projects its shortcut (official code); false: only where the shape
+    # changes (ResNet-18/34 of runs saved before this key, which load with false)
+    first_block_projection: bool = True
     input_size: int | None = None  # side of the views fed to the encoder; None = the stored image side
     head_layers: int = 2  # 2 for v1, 3 for v2
     head_hidden_dim: int | None = None  # None = encoder output width
@@ -334,9 +338,18 @@ def config_to_dict(cfg: Any) -> dict:
     return fix(asdict(cfg))
 
 
+# Keys added after runs were first saved, with the value a stored config without them meant.
+_STORED_BEFORE = {"model": {"first_block_projection": False, "cifar_stem_max_side": 64}}
+
+
 def config_from_dict(data: dict) -> Config:
-    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a run's config.yaml)."""
+    """Rebuild a :class:`Config` from :func:`config_to_dict` output (a checkpoint's or run's stored config).
+
+    A key the stored config lacks takes the default, except the keys of ``_STORED_BEFORE``, which take the
+    value that reproduces what the config meant when it was saved (e.g. the older ResNet shortcut layout).
+    """
     cfg = Config()
+    _merge(cfg, _STORED_BEFORE)
     _merge(cfg, data)
     return cfg
 

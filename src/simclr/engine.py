@@ -203,7 +203,9 @@ def _pretrain(cfg: Config, run_dir: Path, resume: bool, dist: DistInfo) -> dict:
                 f"{ckpt_path}: not a pretraining checkpoint (kind {saved.get('kind')!r}, lacks {missing})"
             )
         saved_cfg = config_from_dict(saved["config"])
-        if config_to_dict(saved_cfg.model) != config_to_dict(cfg.model):
+        was, now = config_to_dict(saved_cfg.model), config_to_dict(cfg.model)
+        # keys added since the run was saved are not compared: the run keeps its own (config_from_dict)
+        if any(was[k] != now[k] for k in saved["config"].get("model", {})):
             raise SimCLRError(f"{ckpt_path}: --resume with a different model config than the run's")
         # The run is the saved config; train.max_steps only says where this invocation stops, so a run
         # stopped there continues with --resume (to the end, or to a new --set train.max_steps).
