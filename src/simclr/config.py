@@ -41,12 +41,13 @@ class AugmentConfig:
     """The SimCLR augmentation (v1 section 3, appendix A). Every op can be retuned or switched off."""
 
     crop: bool = True
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_sampler: str = "tf"  # tf: the official sampler (TF sample_distorted_bounding_box); or torchvision
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction range (tf: crops also cover >= 10 %)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio (w / h) range of the crop
     flip: bool = True
     color_strength: float = 1.0  # s: brightness/contrast/saturation 0.8 s, hue 0.2 s
     color_jitter_prob: float = 0.8
-    brightness_mode: str = "v2"  # v2: multiplicative factor; v1: additive delta
+    brightness_mode: str = "v2"  # v2: multiplicative factor; v1: additive delta (the v1 code)
     grayscale_prob: float = 0.2
     blur_prob: float | None = None  # None = auto: 0.5 for images larger than 32 px, 0 otherwise
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -222,6 +223,8 @@ _CHOICES = {
     "train.precision": ("auto", "bf16", "fp32"),
     "optim.schedule": ("cosine", "constant"),
     "optim.lr_scaling": ("linear", "sqrt", "none"),
+    "augment.crop_sampler": ("tf", "torchvision"),
+    "augment.brightness_mode": ("v1", "v2"),
 }
 
 

@@ -54,11 +54,14 @@ def default_crop_fraction(image_size: int, crop_fraction: float | None) -> float
 
 def _recipe(stored: int, crop: float, size: int, normalize: bool) -> str:
     """The evaluation preprocessing in words, for users feeding the encoder without this library."""
+    from simclr.augment import eval_crop_side
+
     steps = [f"resize the shorter side to {stored} px and centre-crop {stored}x{stored}"]
     if crop < 1:
-        steps.append(f"centre-crop {crop:g} of the side ({max(1, int(crop * stored))} px)")
-    steps.append(f"resize to {size}x{size} (bilinear, antialiased)" if crop < 1 or stored != size else "")
+        steps.append(f"centre-crop {crop:g} of the side ({eval_crop_side(stored, crop)} px)")
     steps.append("scale pixels to [0, 1]")
+    if crop < 1 or stored != size:
+        steps.append(f"resize to {size}x{size} (bicubic, Keys a = -0.5, antialiased when shrinking; clip to [0, 1])")
     steps.append("subtract mean and divide by std, per channel" if normalize else "no mean/std normalisation")
     return "; ".join(s for s in steps if s)
 
