@@ -7,20 +7,26 @@ import colorsys
 import dataclasses
 import itertools
 import math
-import random
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
-from simclr.augment import Augment, AugmentParams, EvalTransform, finetune_augment_config
+import simclr.augment as augment_module
+from simclr.augment import (
+    SCHEDULE,
+    Augment,
+    AugmentParams,
+    EvalTransform,
+    eval_crop_side,
+    finetune_augment_config,
+)
 from simclr.augment_ops import (
     adjust_brightness,
     adjust_brightness_additive,
     adjust_contrast,
+    adjust_hsv,
     adjust_hue,
     adjust_saturation,
     blend_,
@@ -28,7 +34,6 @@ from simclr.augment_ops import (
     gaussian_blur,
     resized_crop_flip,
     rgb_to_grayscale,
-    sample_crop_boxes,
 )
 from simclr.config import AugmentConfig
 from simclr.errors import SimCLRError
@@ -61,22 +66,30 @@ def np_brightness_add(img, d):
     return np.clip(img + d, 0, 1)
 
 
-def np_contrast(img, f, per_channel=False):
-    mean = img.mean(axis=(1, 2), keepdims=True) if per_channel else np_gray(img).mean()
-    return np.clip(f * img + (1 - f) * mean, 0, 1)
+def np_contrast(img, f):
+    """TF adjust_contrast: (x - mean) * f + mean with each channel's own mean, then the clip."""
+    mean = img.mean(axis=(1, 2), keepdims=True)
+    return np.clip((img - mean) * f + mean, 0, 1)
 
 
-def np_saturation(img, f):
-    return np.clip(f * img + (1 - f) * np_gray(img)[None], 0, 1)
-
-
-def np_hue(img, delta):
+def np_hsv_op(img, change):
+    """Per pixel: RGB -> HSV (colorsys, float64), ``change(h, s, v)``, HSV -> RGB. Gray images pass."""
+    if img.shape[0] == 1:
+        return img.copy()
     out = np.empty_like(img)
     for i in range(img.shape[1]):
         for j in range(img.shape[2]):
-            h, s, v = colorsys.rgb_to_hsv(*img[:, i, j])
-            out[:, i, j] = colorsys.hsv_to_rgb((h + delta) % 1.0, s, v)
+            out[:, i, j] = colorsys.hsv_to_rgb(*change(*colorsys.rgb_to_hsv(*img[:, i, j])))
     return out
+
+
+def np_saturation(img, f):
+    """TF adjust_saturation: S scaled by f and clipped to [0, 1] in HSV."""
+    return np_hsv_op(img, lambda h, s, v: (h, min(max(s * f, 0.0), 1.0), v))
+
+
+def np_hue(img, delta):
+    return np_hsv_op(img, lambda h, s, v: ((h + delta) % 1.0, s, v))
 
 
 def np_kernel(sigma, size):
@@ -119,18 +132,6 @@ def np_jitter(img, p, b, mode):
     return img
 
 
-def ref_crop_box(height, width, scale, ratio, rng):
-    """torchvision's RandomResizedCrop.get_params, transcribed with Python's random module."""
-    area = height * width
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    return None  # fallback
-
-
 # ---------------------------------------------------------------- colour ops
 
 
@@ -150,19 +151,29 @@ def test_grayscale_is_luma():
         (adjust_saturation, np_saturation, [0.0, 0.5, 1.0, 1.8]),
     ],
 )
-def test_colour_ops_match_numpy(op, ref, factors):
-    x = rand_images()
+def test_colour_ops_match_tf_formulas(op, ref, factors):
+    x = rand_images(levels=8)  # ties between channels, gray pixels, zeros and ones
+    x[0, :, 0] = 0.4  # a gray row in the first image
     f = torch.tensor(factors)
     want = np.stack([ref(img, fb) for img, fb in zip(x.double().numpy(), factors, strict=True)])
     np.testing.assert_allclose(op(x, f).numpy(), want, atol=1e-6)
+    gray = x[:, :1]  # 1-channel images: contrast uses their one channel's mean, saturation leaves them alone
+    want = np.stack([ref(img, fb) for img, fb in zip(gray.double().numpy(), factors, strict=True)])
+    np.testing.assert_allclose(op(gray, f).numpy(), want, atol=1e-6)
 
 
-def test_contrast_per_channel_matches_numpy():
-    x, f = rand_images(), torch.tensor([0.2, 0.9, 1.3, 1.8])
-    want = np.stack(
-        [np_contrast(img, fb, per_channel=True) for img, fb in zip(x.double().numpy(), f.tolist(), strict=True)]
-    )
-    np.testing.assert_allclose(adjust_contrast(x, f, per_channel=True).numpy(), want, atol=1e-6)
+def test_contrast_uses_each_channels_own_mean():
+    # a flat image whose channels differ is fixed by TF's contrast (each channel is its own mean), while
+    # torchvision's grayscale-mean form would pull all three towards one gray level
+    x = torch.tensor([0.9, 0.5, 0.1]).view(1, 3, 1, 1).expand(1, 3, 4, 4).contiguous()
+    assert torch.allclose(adjust_contrast(x, torch.tensor([0.3])), x)
+
+
+def test_saturation_closed_form_saturates_strongly_coloured_pixels():
+    # S = 0.8: a factor of 1.8 would give 1.44, clipped to 1, so the minimum channel goes to 0 exactly
+    x = torch.tensor([1.0, 0.6, 0.2]).view(1, 3, 1, 1)
+    y = adjust_saturation(x, torch.tensor([1.8]))
+    torch.testing.assert_close(y.flatten(), torch.tensor([1.0, 0.5, 0.0]))
 
 
 def test_hue_matches_colorsys():
@@ -174,15 +185,25 @@ def test_hue_matches_colorsys():
     assert torch.equal(adjust_hue(x[:, :1], delta), x[:, :1])  # gray images have no hue
 
 
-def test_blend_covers_the_three_linear_ops_and_identity_is_exact():
+def test_hsv_pass_is_saturation_and_hue_in_either_order():
+    x = rand_images(b=5, h=4, w=4, levels=6)
+    f = torch.tensor([0.0, 0.4, 1.0, 1.5, 1.8])
+    delta = torch.tensor([0.1, -0.3, 0.25, 0.0, -0.05])
+    got = adjust_hsv(x, f, delta).numpy()
+    for img, fb, d, g in zip(x.double().numpy(), f.tolist(), delta.tolist(), got, strict=True):
+        np.testing.assert_allclose(g, np_hue(np_saturation(img, fb), d), atol=2e-6)
+        np.testing.assert_allclose(g, np_saturation(np_hue(img, d), fb), atol=2e-6)
+    torch.testing.assert_close(adjust_hsv(x, f), adjust_saturation(x, f), atol=2e-6, rtol=0)
+
+
+def test_blend_covers_the_linear_ops_and_identity_is_exact():
     x = rand_images()
     f = torch.tensor([0.3, 0.8, 1.2, 1.7])
     one, zero = torch.ones(4), torch.zeros(4)
-    torch.testing.assert_close(blend_(x.clone(), f, zero, zero, zero), adjust_brightness(x, f))
-    torch.testing.assert_close(blend_(x.clone(), one, zero, zero, f - 1), adjust_brightness_additive(x, f - 1))
-    torch.testing.assert_close(blend_(x.clone(), f, zero, 1 - f, zero), adjust_contrast(x, f))
-    torch.testing.assert_close(blend_(x.clone(), f, 1 - f, zero, zero), adjust_saturation(x, f))
-    assert torch.equal(blend_(x.clone(), one, zero, zero, zero), x)
+    torch.testing.assert_close(blend_(x.clone(), f, zero, zero), adjust_brightness(x, f))
+    torch.testing.assert_close(blend_(x.clone(), one, zero, f - 1), adjust_brightness_additive(x, f - 1))
+    torch.testing.assert_close(blend_(x.clone(), f, 1 - f, zero), adjust_contrast(x, f))
+    assert torch.equal(blend_(x.clone(), one, zero, zero), x)
 
 
 # ---------------------------------------------------------------- blur
@@ -257,51 +278,6 @@ def test_crop_maps_box_onto_gradient():
     torch.testing.assert_close(out[1, 0], want_cols.flip(0).expand(size, size))
 
 
-@settings(max_examples=30, deadline=None)
-@given(
-    height=st.integers(1, 300),
-    width=st.integers(1, 300),
-    lo=st.floats(0.01, 1.0),
-    ratio_lo=st.floats(0.2, 1.0),
-    ratio_hi=st.floats(1.0, 5.0),
-)
-def test_crop_boxes_lie_inside_the_image(height, width, lo, ratio_lo, ratio_hi):
-    g = torch.Generator().manual_seed(height * 1000 + width)
-    boxes = sample_crop_boxes(64, height, width, (lo, 1.0), (ratio_lo, ratio_hi), g)
-    top, left, h, w = boxes.unbind(1)
-    assert boxes.dtype == torch.float32 and torch.equal(boxes, boxes.round())
-    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
-    assert (top + h <= height).all() and (left + w <= width).all()
-
-
-def test_crop_box_distribution_matches_torchvision_sampler():
-    n, side = 20000, 64
-    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
-    boxes = sample_crop_boxes(n, side, side, scale, ratio, torch.Generator().manual_seed(0))
-    area = (boxes[:, 2] * boxes[:, 3] / side**2).numpy()
-    log_ratio = torch.log(boxes[:, 3] / boxes[:, 2]).numpy()
-    rng = random.Random(0)
-    ref = [ref_crop_box(side, side, scale, ratio, rng) for _ in range(n)]
-    ref_area = np.array([h * w / side**2 for _, _, h, w in ref])
-    ref_log_ratio = np.array([math.log(w / h) for _, _, h, w in ref])
-    assert area.min() >= 0.07 and area.max() <= 1.0  # 0.08 up to rounding to whole pixels
-    assert abs(area.mean() - ref_area.mean()) < 0.01 and abs(area.std() - ref_area.std()) < 0.01
-    assert np.abs(log_ratio).max() <= math.log(4 / 3) + 0.05
-    assert abs(log_ratio.mean()) < 0.01 and abs(log_ratio.std() - ref_log_ratio.std()) < 0.01
-    # log-uniform: as many boxes are wider than 1.15 as taller than 1 / 1.15
-    wide, tall = (log_ratio > math.log(1.15)).mean(), (log_ratio < -math.log(1.15)).mean()
-    assert abs(wide - tall) < 0.02
-    top, left = boxes[:, 0], boxes[:, 1]
-    centre_y = ((top + boxes[:, 2] / 2) / side).mean().item()  # offsets uniform: centred on average
-    assert abs(centre_y - 0.5) < 0.01 and left.min() == 0
-
-
-def test_crop_fallback_is_centred_clamped_ratio():
-    boxes = sample_crop_boxes(8, 50, 100, (1.0, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(0))
-    w = round(50 * 4 / 3)
-    assert torch.equal(boxes, torch.tensor([[0.0, (100 - w) // 2, 50.0, w]]).expand(8, 4))
-
-
 # ---------------------------------------------------------------- random parameters
 
 
@@ -352,6 +328,44 @@ def test_jitter_applies_each_images_ops_in_its_order(mode):
     want = np.stack([np_jitter(img, p, b, mode) for b, img in enumerate(x.double().numpy())])
     np.testing.assert_allclose(got.numpy(), want, atol=2e-5)
     assert torch.equal(got[~p.jitter], x[~p.jitter])  # skipped images are bit-exact
+
+
+def test_every_op_order_fits_the_jitter_schedule():
+    orders = torch.tensor(list(itertools.permutations(range(4))))  # op ids: brightness, contrast, saturation, hue
+    slots = Augment._jitter_slots(orders, channels=3)  # (24, 4): the pass of each op
+    for order, slot in zip(orders.tolist(), slots.tolist(), strict=True):
+        passes = [slot[op] for op in order]
+        assert all(SCHEDULE[p] == ("N" if op >= 2 else "L") for op, p in zip(order, passes, strict=True))
+        for (op_a, a), (op_b, b) in itertools.pairwise(zip(order, passes, strict=True)):
+            # in order; only saturation and hue that follow each other share a pass (they commute)
+            assert a < b or (a == b and {op_a, op_b} == {2, 3})
+    gray = Augment._jitter_slots(orders, channels=1)
+    for order, slot in zip(orders.tolist(), gray.tolist(), strict=True):
+        assert slot[2] == slot[3] == -1 and sorted(slot[:2]) == [0, 1]
+        assert (slot[0] < slot[1]) == (order.index(0) < order.index(1))
+
+
+@pytest.mark.parametrize("mode", ["v2", "v1"])
+def test_jitter_with_strong_colours_matches_ops_one_by_one(mode):
+    # strength 1.25 (factors in [0, 2]): saturation clips S, contrast and brightness clip values
+    x = rand_images(b=96, h=4, w=4, seed=11)
+    x[::3] = x[::3] ** 3  # darker, strongly coloured images
+    aug = Augment(only(color_jitter_prob=0.9, color_strength=1.25, brightness_mode=mode), out_size=4)
+    p = aug.sample_params(96, 4, 4, torch.Generator().manual_seed(12))
+    got = aug.apply(x, p)
+    want = np.stack([np_jitter(img, p, b, mode) for b, img in enumerate(x.double().numpy())])
+    np.testing.assert_allclose(got.numpy(), want, atol=2e-5)
+    assert torch.equal(got[~p.jitter], x[~p.jitter])
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_jitter_in_cpu_chunks_equals_one_pass_over_the_batch(monkeypatch, channels):
+    x = rand_images(b=40, c=channels, h=6, w=6, seed=5)
+    aug = Augment(only(color_jitter_prob=0.8), out_size=6)
+    p = aug.sample_params(40, 6, 6, torch.Generator().manual_seed(6))
+    whole = aug.apply(x, p)
+    monkeypatch.setattr(augment_module, "CPU_CHUNK_ELEMENTS", 7 * channels * 36)  # chunks of 7 images
+    assert torch.equal(aug.apply(x, p), whole)
 
 
 def test_jitter_on_one_channel_images():
@@ -490,23 +504,60 @@ def test_config_errors():
 # ---------------------------------------------------------------- evaluation preprocessing
 
 
+def keys_cubic(t, a=-0.5):
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t**3 - (a + 3) * t**2 + 1
+    return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a if t < 2 else 0.0
+
+
+def tf2_bicubic_matrix(n_in, n_out):
+    """TF2 tf.image.resize(method="bicubic"): Keys a = -0.5 on half-pixel centres, taps outside the image
+    dropped and the rest renormalised (resize_bicubic with half_pixel_centers=True), as an (out, in) matrix."""
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        centre = (o + 0.5) * n_in / n_out - 0.5
+        base = math.floor(centre)
+        for i in range(base - 1, base + 3):
+            if 0 <= i < n_in:
+                m[o, i] = keys_cubic(centre - i)
+        m[o] /= m[o].sum()
+    return m
+
+
 def test_eval_transform_centre_crop_resize_normalise():
     x = torch.randint(0, 256, (2, 1, 40, 48), dtype=torch.uint8)
-    side = int(0.875 * 40)  # 35, offsets ((H - h) + 1) // 2 as the official code
+    side = round(0.875 * 40)  # 35, offsets ((H - h) + 1) // 2 as the official code
     top, left = (40 - side + 1) // 2, (48 - side + 1) // 2
     out = EvalTransform(side, crop_fraction=0.875, mean=(0.5,), std=(0.25,))(x)
     crop = x[:, :, top : top + side, left : left + side].float() / 255
     torch.testing.assert_close(out, ((crop - 0.5) / 0.25).expand(-1, 3, -1, -1))
-    # downsampling antialiases like PIL's bilinear filter on the cropped image (PIL's own ``box=`` would
-    # also read pixels outside the crop, within the filter's support)
+    # enlarging: exactly TF2's bicubic, then the clip to [0, 1]
+    big = EvalTransform(50, crop_fraction=0.875, normalize=False)(x)
+    rows, cols = tf2_bicubic_matrix(side, 50), tf2_bicubic_matrix(side, 50)
+    for b in range(2):
+        want = np.clip(rows @ crop[b, 0].double().numpy() @ cols.T, 0, 1)
+        np.testing.assert_allclose(big[b, 0].numpy(), want, atol=1e-5)
+    assert big.min() >= 0 and big.max() <= 1
+    # shrinking antialiases like PIL's bicubic filter (also Keys a = -0.5) on the cropped image
     small = EvalTransform(20, crop_fraction=0.875, normalize=False)(x)
     for b in range(2):
-        cropped = np.ascontiguousarray(x[b, 0, top : top + side, left : left + side].numpy().astype(np.float32))
-        pil = Image.fromarray(cropped, mode="F").resize((20, 20), Image.Resampling.BILINEAR)
-        np.testing.assert_allclose(small[b, 0].numpy(), np.asarray(pil) / 255, atol=1e-5)
+        cropped = np.ascontiguousarray(crop[b, 0].numpy())
+        pil = Image.fromarray(cropped, mode="F").resize((20, 20), Image.Resampling.BICUBIC)
+        np.testing.assert_allclose(small[b, 0].numpy(), np.clip(np.asarray(pil), 0, 1), atol=1e-5)
     y = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(EvalTransform(32, None, normalize=False)(y), y / 255)  # None: no crop at 32 px
     assert EvalTransform(64, None).crop_fraction == 0.875
+
+
+@pytest.mark.parametrize("height, width, side", [(256, 256, 224), (100, 120, 88), (375, 500, 328), (9, 9, 8)])
+def test_eval_crop_is_the_official_centre_crop(height, width, side):
+    # crop side rint(0.875 * shorter side) (87.5 -> 88: half to even), offset ((H - h) + 1) // 2
+    assert eval_crop_side(min(height, width), 0.875) == side
+    x = torch.arange(height * width, dtype=torch.float32).view(1, 1, height, width) / (height * width)
+    out = EvalTransform(side, crop_fraction=0.875, normalize=False)(x)
+    top, left = (height - side + 1) // 2, (width - side + 1) // 2
+    assert torch.equal(out[0, 0], x[0, 0, top : top + side, left : left + side])
 
 
 def test_augment_moves_with_module_to():

@@ -308,6 +308,32 @@ def test_load_pretrained_round_trip(tmp_path):
     assert pre.config.model.width_multiplier == 0.125 and pre.image_size == 16 and pre.path == path
 
 
+def test_checkpoint_of_the_older_layout_loads_and_gives_the_same_outputs(tmp_path):
+    # Saved before `model.first_block_projection` and `model.cifar_stem_max_side` existed: ResNet-18 whose
+    # group 1 keeps an identity shortcut, and 48 px views that got the CIFAR stem automatically (then up to 64).
+    cfg = Config()
+    cfg.model.width_multiplier, cfg.model.first_block_projection, cfg.model.cifar_stem_max_side = 0.125, False, 64
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 48).eval()
+    assert model.encoder.cifar_stem and model.encoder.block_group1[0].shortcut is None
+    stored = config_to_dict(cfg)
+    del stored["model"]["first_block_projection"], stored["model"]["cifar_stem_max_side"]
+    save_checkpoint({"kind": "pretrain", "config": stored, "model": model.state_dict(), "image_size": 48},
+                    tmp_path / "old.pt")  # fmt: skip
+    pre = load_pretrained(tmp_path / "old.pt")
+    assert pre.config.model.first_block_projection is False and pre.config.model.cifar_stem_max_side == 64
+    x = torch.rand(2, 3, 48, 48)
+    assert torch.equal(pre.model.eval()(x)[1], model(x)[1])
+    # a checkpoint written now records the official layout and loads with it
+    new = pretrain_like_checkpoint(tmp_path / "new.pt", 0.125)
+    assert load_pretrained(new).model.encoder.block_group1[0].shortcut is not None
+
+
+def test_cifar_stem_is_automatic_up_to_32_px():
+    assert build_model(Config().model, 32).encoder.cifar_stem
+    assert not build_model(Config().model, 33).encoder.cifar_stem  # the official rule; 64 px before
+
+
 def test_weights_of_another_width_are_one_clear_line(tmp_path):
     path = pretrain_like_checkpoint(tmp_path / "w025.pt", 0.25, stored_width=0.125)  # config tampered
     message = one_line_error(lambda: load_pretrained(path), "w025.pt", "does not match this architecture")

@@ -33,6 +33,11 @@ def test_defaults_presets_and_overrides():
         preset = load_config(preset=name)
         assert preset.name != "custom"
         assert config_from_dict(config_to_dict(preset)) == preset  # round trip through a checkpoint's dict
+        assert preset.augment.crop_sampler == "tf" and preset.model.first_block_projection  # the official code
+    # v1's code adds a brightness delta, v2's multiplies (SPEC-DETAILS 1.3)
+    assert load_config(preset="imagenet-v1").augment.brightness_mode == "v1"
+    assert load_config(preset="imagenet-v2").augment.brightness_mode == "v2"
+    one_line_error(lambda: load_config(overrides=["augment.crop_sampler=pil"]), "augment.crop_sampler", "tf")
 
 
 def test_scientific_notation_is_a_number(tmp_path):

@@ -51,3 +51,31 @@ def test_a_run_stopped_by_max_steps_says_so_and_resumes_to_finished(tmp_path, ca
     assert main([*args, "--resume", "--set", "train.max_steps=2"]) == 0  # max_steps = the schedule's end
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["steps"] == 2 and summary["epochs"] == 1
+
+
+def test_a_run_saved_before_the_layout_keys_resumes_with_its_own_layout(tmp_path):
+    """A checkpoint whose config predates model.first_block_projection / cifar_stem_max_side resumes with the
+    older layout it was trained with, although the command line's config now defaults to the official one."""
+    import torch
+
+    from simclr.checkpoint import load_checkpoint, save_checkpoint
+    from simclr.cli import main
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, images=rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8), labels=np.arange(32) % 4)
+    run = tmp_path / "run"
+    args = ["pretrain", "--dataset", "npz", "--data", str(npz), "--device", "cpu", "--out", str(run),
+            "--set", "model.width_multiplier=0.0625", "--set", "train.batch_size=16", "--set", "train.epochs=1",
+            "--set", "monitor.knn=false"]  # fmt: skip
+    assert main([*args, "--set", "train.max_steps=1", "--set", "model.first_block_projection=false"]) == 0
+    path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    del state["config"]["model"]["first_block_projection"], state["config"]["model"]["cifar_stem_max_side"]
+    save_checkpoint(state, path)
+    assert main([*args, "--resume", "--set", "train.max_steps=2"]) == 0
+    resumed = load_checkpoint(path)
+    assert resumed["config"]["model"]["first_block_projection"] is False
+    assert not any(k.startswith("encoder.block_group1.0.shortcut") for k in resumed["model"])
+    trained = [k for k, v in state["model"].items() if v.is_floating_point()]
+    assert any(not torch.equal(resumed["model"][k], state["model"][k]) for k in trained)  # it did train a step

@@ -75,7 +75,7 @@ def test_export_round_trip_reproduces_h(run, tmp_path, capsys):
     assert "encoder.json" in capsys.readouterr().out
     meta = json.loads((out / "encoder.json").read_text())
     assert meta["architecture"] == {"name": "resnet18", "width": 0.125, "sk_ratio": 0.0, "cifar_stem": True,
-                                    "se_ratio": 0.0}  # fmt: skip
+                                    "se_ratio": 0.0, "first_block_projection": True}  # fmt: skip
     pre = meta["preprocessing"]
     assert pre["image_size"] == SIZE and pre["eval_crop_fraction"] == 1.0 and pre["input_value_range"] == [0.0, 1.0]
     assert pre["mean"] == list(MEAN) and pre["std"] == list(STD)
@@ -89,6 +89,18 @@ def test_export_round_trip_reproduces_h(run, tmp_path, capsys):
         assert not enc.training and enc.preprocessing["image_size"] == SIZE
         assert torch.equal(enc(x), want), where
     assert simclr.load_encoder(out).out_dim == want.shape[1]
+
+
+def test_encoder_exported_before_the_shortcut_rule_loads_with_its_layout(tmp_path):
+    # encoder.json written before `first_block_projection` existed: ResNet-18 without group 1's projection
+    torch.manual_seed(0)
+    old = simclr.create_encoder("resnet18", width=0.125, cifar_stem=True, first_block_projection=False).eval()
+    path = save_encoder(old, tmp_path / "old", image_size=SIZE)
+    meta = json.loads(path.read_text())
+    del meta["architecture"]["first_block_projection"]
+    path.write_text(json.dumps(meta))
+    x = torch.rand(3, 3, SIZE, SIZE)
+    assert torch.equal(load_encoder(path)(x), old(x))
 
 
 def test_export_default_folder_and_pipeline_folder(run, tmp_path):

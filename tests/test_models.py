@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from simclr.errors import SimCLRError
-from simclr.models import ProjectionHead, SimCLRModel, create_encoder, encoder_spec, list_encoders
+from simclr.models import (
+    ProjectionHead,
+    SimCLRModel,
+    create_encoder,
+    encoder_from_spec,
+    encoder_spec,
+    list_encoders,
+)
 from simclr.models.layers import AvgPoolShortcut, MaxPool2dSame, SKConv2d, SqueezeExcite
 from simclr.models.resnet import BasicBlock, Bottleneck
 from simclr.models.zoo import PAPER_PARAMS_M, count_macs, count_params, format_model_table, model_table
@@ -37,8 +44,14 @@ def test_param_counts_match_paper(name):
 
 
 def test_param_counts_of_standard_resnets():
-    # torchvision's resnet18 / resnet50 counts minus their FC layer (512*1000+1000, 2048*1000+1000).
-    assert count_params(meta_encoder("resnet18"))[0] == 11_689_512 - 513_000
+    # torchvision's resnet18 / resnet34 / resnet50 counts minus their FC layer (512*1000+1000, 2048*1000+1000).
+    # torchvision projects shortcuts only where the shape changes, our older layout; the official one also
+    # projects group 1's first shortcut of ResNet-18/34: a 64 x 64 1x1 conv and its BN (gamma, beta).
+    group1_projection = 64 * 64 + 2 * 64
+    assert count_params(meta_encoder("resnet18", first_block_projection=False))[0] == 11_689_512 - 513_000
+    assert count_params(meta_encoder("resnet18"))[0] == 11_689_512 - 513_000 + group1_projection
+    assert count_params(meta_encoder("resnet34", first_block_projection=False))[0] == 21_797_672 - 513_000
+    assert count_params(meta_encoder("resnet34"))[0] == 21_797_672 - 513_000 + group1_projection
     assert count_params(meta_encoder("resnet50"))[0] == 25_557_032 - 2_049_000
 
 
@@ -113,6 +126,26 @@ def test_bn_constants_and_conv_init():
     assert all(c.bias is None for c in convs(enc))
     w = enc.block_group4[0].conv2.weight  # 256 x 256 x 3 x 3: fan-in variance scaling, std sqrt(1/fan_in)
     assert w.std().item() == pytest.approx((1 / (256 * 9)) ** 0.5, rel=0.05)
+
+
+def test_first_block_of_every_group_projects_its_shortcut():
+    # The official BlockGroup passes use_projection=True to its first block (SPEC-DETAILS 2.1).
+    for name in ("resnet18", "resnet34"):
+        enc = meta_encoder(name, width=0.5)
+        for group in enc.stages()[1:]:
+            assert group[0].shortcut is not None
+            assert all(block.shortcut is None for block in group[1:])
+        old = meta_encoder(name, width=0.5, first_block_projection=False)
+        assert old.block_group1[0].shortcut is None  # 32 -> 32 channels, stride 1: the identity
+        assert all(g[0].shortcut is not None for g in old.stages()[2:])
+        extra = {k for k in enc.state_dict() if k not in old.state_dict()}
+        assert extra and all(k.startswith("block_group1.0.shortcut.") for k in extra)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "r50_1x_sk1", "r101_2x_sk0"])
+def test_bottleneck_layout_does_not_depend_on_the_shortcut_rule(name):
+    new, old = meta_encoder(name), meta_encoder(name, first_block_projection=False)
+    assert {k: v.shape for k, v in new.state_dict().items()} == {k: v.shape for k, v in old.state_dict().items()}
 
 
 def test_resnet_d_shortcut_only_with_sk():
@@ -254,9 +287,22 @@ def test_encoder_spec_round_trip():
     enc = meta_encoder("r50_2x_sk1", cifar_stem=True)
     spec = encoder_spec(enc)
     again = meta_encoder(**spec)
-    assert encoder_spec(again) == spec
+    assert encoder_spec(again) == spec and spec["first_block_projection"] is True
     shapes = {k: v.shape for k, v in enc.state_dict().items()}
     assert shapes == {k: v.shape for k, v in again.state_dict().items()}
+
+
+def test_spec_without_the_shortcut_rule_rebuilds_the_older_layout():
+    torch.manual_seed(0)
+    old = create_encoder("resnet18", width=0.125, first_block_projection=False).eval()
+    spec = encoder_spec(old)
+    del spec["first_block_projection"]  # as saved before the key existed
+    again = encoder_from_spec(spec).eval()
+    assert again.block_group1[0].shortcut is None
+    again.load_state_dict(old.state_dict())  # strict: the same parameter names and shapes
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(again(x), old(x))
+    assert encoder_from_spec(encoder_spec(create_encoder("resnet18", width=0.125))).block_group1[0].shortcut
 
 
 # ---------------------------------------------------------------- projection head

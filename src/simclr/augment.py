@@ -20,31 +20,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simclr.augment_ops import (
-    adjust_hue,
-    blend_,
-    blur_kernel_size,
-    gaussian_blur,
-    resized_crop_flip,
-    rgb_to_grayscale,
-    sample_crop_boxes,
-)
+from simclr.augment_ops import adjust_hsv, blend_, blur_kernel_size, gaussian_blur, resized_crop_flip, rgb_to_grayscale
 from simclr.config import AugmentConfig
+from simclr.crop_boxes import CROP_SAMPLERS, image_sizes, sample_crop_boxes
 from simclr.errors import SimCLRError
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3  # op ids in AugmentParams.order
+
+# The jitter's passes over a 3-channel batch: L = a linear op (brightness or contrast, :func:`blend_`),
+# N = saturation and/or hue (:func:`adjust_hsv`). Every order of the four ops embeds in this sequence
+# when adjacent saturation and hue share one N pass (they commute); see Augment._jitter_slots.
+SCHEDULE = "LNLLNL"
+# _NEXT[kind][i]: the first slot of that kind at or after slot i (i = 0..6; 6 = past the end)
+_NEXT = {"L": (0, 2, 2, 3, 5, 5, 6), "N": (1, 1, 4, 4, 4, 6, 6)}
+CPU_CHUNK_ELEMENTS = 1 << 19  # values per chunk of the jitter on the CPU (2 MB of float32)
 
 
 @dataclass
 class AugmentParams:
     """Per-image random parameters of one batch of views (all tensors have B rows)."""
 
-    boxes: Tensor  # float (B, 4): crop (top, left, height, width) in input pixels
+    boxes: Tensor  # float (B, 4): crop (top, left, height, width) in each image's own pixels
     flip: Tensor  # bool (B,)
     jitter: Tensor  # bool (B,): colour jitter applied
     brightness: Tensor  # float (B,): factor (v2) or additive delta (v1)
-    contrast: Tensor  # float (B,): blend factor
-    saturation: Tensor  # float (B,): blend factor
+    contrast: Tensor  # float (B,): factor of the distance to each channel's mean
+    saturation: Tensor  # float (B,): factor of S in HSV
     hue: Tensor  # float (B,): rotation, fraction of a turn
     order: Tensor  # int64 (B, 4): order[b, k] = id of the k-th jitter op (BRIGHTNESS..HUE)
     grayscale: Tensor  # bool (B,)
@@ -124,6 +125,8 @@ class Augment(nn.Module):
             raise SimCLRError(f"augment.color_strength: expected >= 0, got {cfg.color_strength}")
         if cfg.brightness_mode not in ("v1", "v2"):
             raise SimCLRError(f"augment.brightness_mode: expected v1 or v2, got {cfg.brightness_mode!r}")
+        if cfg.crop_sampler not in CROP_SAMPLERS:
+            raise SimCLRError(f"augment.crop_sampler: expected {' or '.join(CROP_SAMPLERS)}, got {cfg.crop_sampler!r}")
         if blur_padding not in ("zeros", "reflect"):
             raise SimCLRError(f"augment: blur padding must be zeros or reflect, got {blur_padding!r}")
         self.blur_padding = blur_padding
@@ -135,16 +138,18 @@ class Augment(nn.Module):
     def sample_params(
         self,
         batch: int,
-        height: int,
-        width: int,
+        height: int | Tensor,
+        width: int | Tensor,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> AugmentParams:
         """Draw every image's random parameters (v1 appendix A ranges), on ``generator``'s device, then move.
 
-        Strength s = ``color_strength``: brightness / contrast / saturation factors are uniform in
-        [max(0, 1 - 0.8 s), 1 + 0.8 s] (v1 brightness: a delta in [-0.8 s, 0.8 s]), hue in [-0.2 s, 0.2 s];
-        the op order is a uniformly random permutation per image.
+        ``height`` / ``width``: the input images' sides, ints for a uniform batch or ``(batch,)`` tensors
+        (per-image sizes): each crop box lies in its own image (``augment.crop_sampler``, see
+        :mod:`simclr.crop_boxes`). Strength s = ``color_strength``: brightness / contrast / saturation
+        factors are uniform in [max(0, 1 - 0.8 s), 1 + 0.8 s] (v1 brightness: a delta in [-0.8 s, 0.8 s]),
+        hue in [-0.2 s, 0.2 s]; the op order is a uniformly random permutation per image.
         """
         cfg = self.cfg
         gen_device = generator.device if generator is not None else torch.device(device or "cpu")
@@ -159,10 +164,12 @@ class Augment(nn.Module):
             return rand(batch) < p
 
         if cfg.crop:
-            boxes = sample_crop_boxes(batch, height, width, cfg.crop_scale, cfg.crop_ratio, generator, gen_device)
+            boxes = sample_crop_boxes(
+                batch, height, width, cfg.crop_scale, cfg.crop_ratio, generator, gen_device, cfg.crop_sampler
+            )
         else:
             boxes = torch.zeros(batch, 4, device=gen_device)  # the whole image: a plain resize
-            boxes[:, 2], boxes[:, 3] = height, width
+            boxes[:, 2], boxes[:, 3] = image_sizes(batch, height, width, gen_device)
         s = 0.8 * cfg.color_strength
         if cfg.brightness_mode == "v2":
             brightness = uniform(max(0.0, 1 - s), 1 + s)
@@ -187,54 +194,78 @@ class Augment(nn.Module):
             params = AugmentParams(**moved)
         return params
 
-    def _color_jitter(self, x: Tensor, p: AugmentParams) -> Tensor:
-        """Jitter with a per-image op order, using 6 fused blend passes and one hue pass for the batch.
+    @staticmethod
+    def _jitter_slots(order: Tensor, channels: int) -> Tensor:
+        """The pass of each jitter op for each image: ``(B, 4)`` indexed by op id (BRIGHTNESS..HUE).
 
-        Brightness, contrast and saturation share one fused form (:func:`blend_`); hue does not. Aligning
-        every image's sequence on its hue op, the q linear ops before hue go to slots 3-q..2 and the rest to
-        slots 3..5-q; empty slots get the identity. Slots 0-2, hue, slots 3-5 then apply each image's ops in
-        its own order. Gray images have no hue, so 3 slots in plain order suffice.
+        3 channels: each image's ops, in its order, go greedily to the earliest pass of their kind in
+        :data:`SCHEDULE` after the previous op's pass; saturation and hue that follow each other share one
+        N pass. 1 channel: saturation and hue do nothing, so brightness and contrast take passes 0 and 1 in
+        the image's order (the schedule is then "LL").
         """
-        b = x.shape[0]
-        device = x.device
-        order = p.order.to(device)
-        j = torch.arange(3, device=device).view(1, 3)
-        q = (order == HUE).to(torch.uint8).argmax(1, keepdim=True)  # hue position (B, 1)
-        before = j < q
-        linear_ops = order.gather(1, j + (~before).long())  # (B, 3): the non-hue ops, in order
-        if x.shape[1] == 1:
-            slot = j.expand(b, 3)  # no hue on gray images: the linear ops fill slots 0-2 in order
-        else:
-            slot = torch.where(before, 3 - q + j, 3 + j - q)  # (B, 3) in 0..5
-        identity = 3
-        linear_ops = torch.where(p.jitter.view(-1, 1), linear_ops, identity)
-        slot_op = torch.full((b, 6), identity, device=device).scatter_(1, slot, linear_ops)  # (B, 6)
+        b = order.shape[0]
+        device = order.device
+        if channels == 1:
+            rank = torch.argsort(order, dim=1)  # rank[b, op] = position of op in image b's order
+            bright_second = (rank[:, BRIGHTNESS] > rank[:, CONTRAST]).long()
+            none = torch.full_like(bright_second, -1)
+            return torch.stack([bright_second, 1 - bright_second, none, none], 1)
+        next_pass = {k: torch.tensor(v, device=device) for k, v in _NEXT.items()}
+        slot_of_op = torch.empty(b, 4, dtype=torch.long, device=device)
+        slot = torch.full((b,), -1, dtype=torch.long, device=device)
+        prev_n = torch.zeros(b, dtype=torch.bool, device=device)
+        for k in range(4):
+            op = order[:, k]
+            is_n = (op == SATURATION) | (op == HUE)
+            fresh = torch.where(is_n, next_pass["N"][slot + 1], next_pass["L"][slot + 1])
+            slot = torch.where(is_n & prev_n, slot, fresh)
+            slot_of_op.scatter_(1, op.view(b, 1), slot.view(b, 1))
+            prev_n = is_n
+        return slot_of_op
 
-        ones, zeros = torch.ones_like(p.brightness), torch.zeros_like(p.brightness)
-        if self.cfg.brightness_mode == "v2":
-            bright = (p.brightness, zeros, zeros, zeros)
-        else:
-            bright = (ones, zeros, zeros, p.brightness)
-        c, s = p.contrast, p.saturation
-        # coef[b, op] = (alpha, beta, gamma, delta) of blend_ for that op, op 3 = identity
-        coef = torch.stack(
-            [
-                torch.stack(bright, 1),
-                torch.stack([c, zeros, 1 - c, zeros], 1),
-                torch.stack([s, 1 - s, zeros, zeros], 1),
-                torch.stack([ones, zeros, zeros, zeros], 1),
-            ],
-            1,
-        ).to(device)  # (B, 4 ops, 4 coefs)
-        slot_coef = coef.gather(1, slot_op.unsqueeze(2).expand(b, 6, 4))  # (B, 6, 4)
+    def _jitter_passes(self, p: AugmentParams, channels: int, device: torch.device) -> list[tuple[str, Tensor]]:
+        """Each pass's per-image arguments: ``("L", (3, B) alpha, gamma, delta of blend_)`` or ``("N", (3, B)
+        saturation factor, hue delta, 1 where the image has an op in this pass)``; identity elsewhere."""
+        slot_of_op = self._jitter_slots(p.order.to(device), channels)
+        slot_of_op = torch.where(p.jitter.to(device).view(-1, 1), slot_of_op, -1)  # -1: no pass
+        s_bright, s_contrast, s_sat, s_hue = slot_of_op.unbind(1)
+        bright, contrast = p.brightness.to(device), p.contrast.to(device)
+        one, zero = torch.ones_like(bright), torch.zeros_like(bright)
+        b_alpha, b_delta = (bright, zero) if self.cfg.brightness_mode == "v2" else (one, bright)
+        passes = []
+        for k, kind in enumerate(SCHEDULE if channels == 3 else "LL"):
+            if kind == "L":
+                on_b, on_c = s_bright == k, s_contrast == k
+                alpha = torch.where(on_b, b_alpha, torch.where(on_c, contrast, one))
+                args = (alpha, torch.where(on_c, 1 - contrast, zero), torch.where(on_b, b_delta, zero))
+            else:
+                on_s, on_h = s_sat == k, s_hue == k
+                sat = torch.where(on_s, p.saturation.to(device), one)
+                args = (sat, torch.where(on_h, p.hue.to(device), zero), (on_s | on_h).to(bright.dtype))
+            passes.append((kind, torch.stack(args)))
+        return passes
 
-        for k in range(3):
-            blend_(x, *slot_coef[:, k].unbind(1))
-        if x.shape[1] == 3:
-            hued = adjust_hue(x, p.hue)
-            x = torch.where(p.jitter.view(-1, 1, 1, 1), hued, x, out=hued)  # exact for unjittered images
-            for k in range(3, 6):
-                blend_(x, *slot_coef[:, k].unbind(1))
+    def _color_jitter(self, x: Tensor, p: AugmentParams) -> Tensor:
+        """Jitter with a per-image op order in a fixed sequence of batched passes (:data:`SCHEDULE`), in place.
+
+        Each pass applies, per image, the op the image has in that pass or the identity: linear passes
+        through :func:`blend_` (exact identity), N passes through :func:`adjust_hsv` with a select that
+        keeps images without an op there bit-exact. So every image gets its ops in its own order, each
+        followed by a clip, as the official code (SPEC-DETAILS 1.3), and unjittered images are untouched.
+        On the CPU the passes run over chunks of images of about ``CPU_CHUNK_ELEMENTS`` values: the chain of
+        elementwise passes is memory-bound, and a chunk's temporaries stay in cache from pass to pass.
+        """
+        passes = self._jitter_passes(p, x.shape[1], x.device)
+        step = max(1, CPU_CHUNK_ELEMENTS // x[0].numel()) if x.device.type == "cpu" else x.shape[0]
+        for start in range(0, x.shape[0], step):
+            part = x[start : start + step]  # a view: blend_ writes through it
+            for kind, args in passes:
+                args = args[:, start : start + step]
+                if kind == "L":
+                    blend_(part, *args)
+                else:
+                    shifted = adjust_hsv(part, args[0], args[1])
+                    part.copy_(torch.where(args[2].view(-1, 1, 1, 1) > 0, shifted, part, out=shifted))
         return x
 
     def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
@@ -276,13 +307,23 @@ class Augment(nn.Module):
         return views[: x.shape[0]], views[x.shape[0] :]
 
 
-class EvalTransform(nn.Module):
-    """Evaluation preprocessing (SPEC 2.4): centre crop, resize, 1 -> 3 channels, normalise.
+def eval_crop_side(shorter: int, crop_fraction: float) -> int:
+    """Side of the evaluation centre crop: ``rint(crop_fraction * shorter)`` in float32, as the official
+    ``_compute_crop_shape`` (round half to even; 224 of 256, 88 of 100), at least 1."""
+    return max(1, round(float(torch.tensor(crop_fraction, dtype=torch.float32) * shorter)))
 
-    The crop is a centred square keeping ``crop_fraction`` of the shorter side (offset ((H - h) + 1) // 2,
-    as the official code), resized to ``out_size`` with antialiased bilinear interpolation (the official
-    code uses bicubic). ``crop_fraction=None`` resolves like ``augment.eval_crop_fraction``: 0.875 for
-    ``out_size`` > 32, else 1.0 (no crop, as for CIFAR-10).
+
+class EvalTransform(nn.Module):
+    """Evaluation preprocessing (SPEC 2.4, SPEC-DETAILS 1.7): centre crop, bicubic resize, 1 -> 3 channels.
+
+    The crop is a centred square keeping ``crop_fraction`` of the shorter side (side ``round(crop_fraction
+    * min(H, W))``, offset ((H - h) + 1) // 2, as the official code), resized to ``out_size`` with bicubic
+    interpolation and clipped to [0, 1], then normalised. The bicubic is ``F.interpolate``'s antialiased
+    one: the Keys cubic (a = -0.5) on half-pixel centres with the taps outside the image dropped and the
+    rest renormalised, which is TF2's ``tf.image.resize(method="bicubic")`` of the official ``tf2`` code
+    when enlarging (or keeping the size); when shrinking it also antialiases (TF2 does not).
+    ``crop_fraction=None`` resolves like ``augment.eval_crop_fraction``: 0.875 for ``out_size`` > 32,
+    else 1.0 (no crop, as for CIFAR-10).
     """
 
     def __init__(
@@ -299,7 +340,7 @@ class EvalTransform(nn.Module):
         # None keeps the default above; "bicubic" is the official evaluation resize (SPEC-DETAILS 1.7).
         if interpolation not in (None, "bilinear", "bicubic"):
             raise SimCLRError(f"augment.eval_interpolation: use bilinear or bicubic, got {interpolation!r}")
-        self.interpolation = interpolation or "bilinear"
+        self.interpolation = interpolation or "bicubic"
         if crop_fraction is None:
             crop_fraction = 0.875 if out_size > 32 else 1.0
         if not 0.0 < crop_fraction <= 1.0:
@@ -310,12 +351,13 @@ class EvalTransform(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """uint8 (or float in [0, 1]) (B, C, H, W) -> float32 (B, 3, S, S)."""
         height, width = x.shape[2:]
-        side = max(1, int(self.crop_fraction * min(height, width)))
+        side = eval_crop_side(min(height, width), self.crop_fraction)
         top, left = (height - side + 1) // 2, (width - side + 1) // 2
         xf = x[:, :, top : top + side, left : left + side].to(torch.float32)
+        if x.dtype == torch.uint8:
+            xf = xf / 255
         if side != self.out_size:
             size = (self.out_size, self.out_size)
             xf = F.interpolate(xf, size=size, mode=self.interpolation, align_corners=False, antialias=True)
-        if x.dtype == torch.uint8:
-            xf = (xf / 255).clamp_(0, 1)
+            xf = xf.clamp_(0, 1)
         return self.normalize(xf)

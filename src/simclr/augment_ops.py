@@ -8,8 +8,6 @@ clip to [0, 1] as the official code does after each one. :mod:`simclr.augment` s
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,63 +19,6 @@ LUMA = (0.2989, 0.5870, 0.1140)
 def _per_image(v: Tensor, x: Tensor) -> Tensor:
     """(B,) -> (B, 1, 1, 1) in x's dtype, to broadcast a per-image parameter over C, H, W."""
     return v.to(dtype=x.dtype).view(-1, 1, 1, 1)
-
-
-def sample_crop_boxes(
-    n: int,
-    height: int,
-    width: int,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    attempts: int = 10,
-) -> Tensor:
-    """Random resized crop boxes (v1 appendix A, the "Inception crop"), torchvision's sampler vectorised.
-
-    Each of ``attempts`` tries draws an area fraction uniform in ``scale`` and an aspect ratio (w / h)
-    log-uniform in ``ratio``, rounds to whole pixels and keeps the first try that fits inside the image;
-    the offset is uniform over the valid positions. Images where every try fails get torchvision's
-    fallback: a centred box of the whole image with its aspect ratio clamped into ``ratio``.
-    SPEC-DETAILS 1.2 describes TF's sampler (uniform ratio, uniform height, 100 tries); we follow
-    torchvision, as the paper calls the crop the standard Inception crop.
-
-    Returns float32 ``(n, 4)`` boxes ``(top, left, height, width)`` in pixels (whole numbers), on
-    ``device`` (drawn with ``generator``, on the generator's device, then moved).
-    """
-    gen_device = generator.device if generator is not None else torch.device(device or "cpu")
-    area = float(height * width)
-    u = torch.rand(n, attempts, 2, generator=generator, device=gen_device)
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
-    w = torch.round(torch.sqrt(target_area * aspect))  # (n, attempts)
-    h = torch.round(torch.sqrt(target_area / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # index of the first fitting try (0 if none)
-    w = w.gather(1, first).squeeze(1)
-    h = h.gather(1, first).squeeze(1)
-
-    # torchvision's fallback, computed once in Python: whole image, ratio clamped, centred.
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = height, int(round(height * max(ratio)))
-    else:
-        fw, fh = width, height
-    ok = fits.any(1)
-    w = torch.where(ok, w, float(fw))
-    h = torch.where(ok, h, float(fh))
-
-    # Uniform integer offsets in [0, side - box]; the minimum guards u * k rounding up to k in float.
-    uo = torch.rand(n, 2, generator=generator, device=gen_device)
-    top = torch.minimum(torch.floor(uo[:, 0] * (height - h + 1)), height - h)
-    left = torch.minimum(torch.floor(uo[:, 1] * (width - w + 1)), width - w)
-    top = torch.where(ok, top, float((height - fh) // 2))
-    left = torch.where(ok, left, float((width - fw) // 2))
-    boxes = torch.stack([top, left, h, w], 1)
-    return boxes.to(device) if device is not None else boxes
 
 
 def resized_crop_flip(images: Tensor, boxes: Tensor, flip: Tensor | None, out_size: int) -> Tensor:
@@ -126,34 +67,52 @@ def adjust_brightness_additive(x: Tensor, delta: Tensor) -> Tensor:
     return (x + _per_image(delta, x)).clamp_(0, 1)
 
 
-def adjust_contrast(x: Tensor, factor: Tensor, per_channel: bool = False) -> Tensor:
-    """Contrast: ``clip(factor * x + (1 - factor) * mean)``, ``factor`` (B,) (v1 appendix A).
+def adjust_contrast(x: Tensor, factor: Tensor) -> Tensor:
+    """TF ``adjust_contrast``: ``clip((x - mean_c) * factor + mean_c)``, ``factor`` (B,) (SPEC 2.2).
 
-    ``mean`` is the mean of the image's grayscale version, as torchvision; ``per_channel=True`` uses
-    each channel's own mean, as TF's ``adjust_contrast`` in the official code (SPEC-DETAILS 1.3).
+    ``mean_c`` is each channel's own spatial mean (torchvision blends with the mean of the grayscale image
+    instead; the official code uses TF's per-channel form, SPEC-DETAILS 1.3).
     """
-    mean = x.mean((2, 3), keepdim=True) if per_channel else rgb_to_grayscale(x).mean((1, 2, 3), keepdim=True)
+    mean = x.mean((2, 3), keepdim=True)
     f = _per_image(factor, x)
     return (f * x + (1 - f) * mean).clamp_(0, 1)
 
 
 def adjust_saturation(x: Tensor, factor: Tensor) -> Tensor:
-    """Saturation: ``clip(factor * x + (1 - factor) * gray(x))``, ``factor`` (B,), torchvision's blend.
+    """TF ``adjust_saturation``: S of HSV scaled by ``factor`` (B,) and clipped to [0, 1] (SPEC 2.2).
 
-    TF scales S in HSV instead (SPEC-DETAILS 1.3); both leave gray pixels fixed and agree at factor 0 and 1.
+    Closed form, without an HSV round trip: with V = max channel and chroma C = max - min, each channel is
+    ``V - C r`` where r in [0, 1] depends only on the hue; scaling S = C / V by f and clipping it to 1 makes
+    the chroma ``min(f C, V)``, so ``x' = V - (V - x) * min(f, V / C)``. Gray pixels (C = 0) are unchanged;
+    so are 1-channel images, returned as is. (torchvision blends with the grayscale image instead.)
     """
-    f = _per_image(factor, x)
-    return (f * x + (1 - f) * rgb_to_grayscale(x)).clamp_(0, 1)
+    if x.shape[1] == 1:
+        return x
+    maxc = x.amax(1, keepdim=True)
+    chroma = maxc - x.amin(1, keepdim=True)
+    # fmin ignores the NaN / inf of V / 0 on gray pixels, where V - x is 0 anyway
+    gain = torch.fmin(_per_image(factor, x).clamp_min(0), maxc / chroma)
+    return (maxc - (maxc - x) * gain).clamp_(0, 1)
 
 
 def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
-    """Rotate the hue by ``delta`` (B,) of a full turn (v1 appendix A), RGB -> HSV -> RGB vectorised.
+    """Rotate the hue by ``delta`` (B,) of a full turn (TF ``adjust_hue``; v1 appendix A).
+
+    1-channel (gray) images have no hue and are returned unchanged. See :func:`adjust_hsv`.
+    """
+    return adjust_hsv(x, hue=delta)
+
+
+def adjust_hsv(x: Tensor, saturation: Tensor | None = None, hue: Tensor | None = None) -> Tensor:
+    """Scale S by ``saturation`` (B,) (clipped to [0, 1], as :func:`adjust_saturation`) and rotate H by
+    ``hue`` (B,) of a turn, in one RGB -> HSV -> RGB pass; the two commute, as they change different
+    coordinates of HSV and both keep V. Either may be None (no change).
 
     With V = max, chroma = max - min and H the hue in sixths of a turn (torchvision's formula), the
-    rotated pixel is ``V - chroma * clamp(2 - |k - 2|, 0, 1)`` with ``k = (n + H') mod 6`` for
-    n = 5, 3, 1 (R, G, B): the closed form of HSV -> RGB, which needs no S and no per-sector select.
-    Masks enter as arithmetic, not ``torch.where``, which is slow on CPU with full-size masks.
-    1-channel (gray) images have no hue and are returned unchanged.
+    result is ``V - chroma' * clamp(2 - |k - 2|, 0, 1)`` with ``k = (n + H') mod 6`` for n = 5, 3, 1
+    (R, G, B) and ``chroma' = min(f chroma, V)``: the closed form of HSV -> RGB, which needs no S and no
+    per-sector select. Masks enter as arithmetic, not ``torch.where``, which is slow on CPU with full-size
+    masks. 1-channel (gray) images are returned unchanged.
     """
     if x.shape[1] == 1:
         return x
@@ -166,8 +125,12 @@ def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
     hue6 = (r - g).add_(chroma, alpha=4)  # B is the max
     hue6 += is_g * ((b - r).add_(chroma, alpha=2) - hue6)
     hue6 += is_r * ((g - b) - hue6)
-    hue6.mul_(inv).add_((6 * delta.to(x.dtype)).view(-1, 1, 1))
+    hue6.mul_(inv)
+    if hue is not None:
+        hue6.add_((6 * hue.to(x.dtype)).view(-1, 1, 1))
     hue6 = torch.remainder(hue6, 6.0)  # on one channel: cheaper than on the three k below
+    if saturation is not None:
+        chroma = torch.minimum(chroma * saturation.to(x.dtype).clamp_min(0).view(-1, 1, 1), maxc)
     n = torch.arange(5, 0, -2, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # 5, 3, 1; no host copy
     k = hue6.unsqueeze(1) + n  # (B, 3, H, W) in [1, 11)
     k.sub_((k >= 6).to(x.dtype), alpha=6)
@@ -175,20 +138,16 @@ def adjust_hue(x: Tensor, delta: Tensor) -> Tensor:
     return torch.addcmul(maxc.unsqueeze(1), chroma.unsqueeze(1), ramp, value=-1, out=ramp).clamp_(0, 1)
 
 
-def blend_(x: Tensor, alpha: Tensor, beta: Tensor, gamma: Tensor, delta: Tensor) -> Tensor:
-    """One fused colour op, in place: ``x = clip(alpha x + beta gray(x) + gamma mean(gray(x)) + delta)``.
+def blend_(x: Tensor, alpha: Tensor, gamma: Tensor, delta: Tensor) -> Tensor:
+    """One fused linear colour op, in place: ``x = clip(alpha x + gamma mean_c(x) + delta)``.
 
-    ``alpha`` .. ``delta`` are (B,). Brightness (alpha = f; v1: alpha = 1, delta = d), contrast (alpha = f,
-    gamma = 1 - f) and saturation (alpha = f, beta = 1 - f) all have this form, so one pass applies a
-    different op to each image; alpha = 1 with the rest 0 is an exact identity. In place because it runs
-    six times per batch in the jitter and a fresh full-size tensor costs page faults on CPU.
+    ``alpha``, ``gamma``, ``delta`` are (B,); ``mean_c`` is each channel's spatial mean. Brightness
+    (alpha = f; v1: alpha = 1, delta = d) and TF's contrast (alpha = f, gamma = 1 - f) both have this
+    form, so one pass applies a different op to each image; alpha = 1 with the rest 0 is an exact
+    identity. In place because a fresh full-size tensor costs page faults on CPU.
     """
-    gray = rgb_to_grayscale(x)
-    bias = _per_image(gamma, x) * gray.mean((1, 2, 3), keepdim=True) + _per_image(delta, x)
-    if gray is x:  # a gray image is its own grayscale: alpha x + beta x
-        return x.mul_(_per_image(alpha + beta, x)).add_(bias).clamp_(0, 1)
-    x.mul_(_per_image(alpha, x)).addcmul_(gray, _per_image(beta, x)).add_(bias)
-    return x.clamp_(0, 1)
+    bias = _per_image(gamma, x) * x.mean((2, 3), keepdim=True) + _per_image(delta, x)  # (B, C, 1, 1)
+    return torch.addcmul(bias, x, _per_image(alpha, x), out=x).clamp_(0, 1)
 
 
 def blur_kernel_size(side: int) -> int:

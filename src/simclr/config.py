@@ -63,18 +63,19 @@ class AugmentConfig:
     """The SimCLR augmentation (v1 section 3, appendix A). Every op can be retuned or switched off."""
 
     crop: bool = True
-    crop_scale: tuple[float, float] = option((0.08, 1.0), pair=(1e-6, 1.0))
-    crop_ratio: tuple[float, float] = option((3 / 4, 4 / 3), pair=(1e-6, 1e6))
+    crop_sampler: str = option("tf", choices=("tf", "torchvision"))  # tf: the official (sample_distorted_bounding_box)
+    crop_scale: tuple[float, float] = option((0.08, 1.0), pair=(1e-6, 1.0))  # area fraction (tf: also >= 10 %)
+    crop_ratio: tuple[float, float] = option((3 / 4, 4 / 3), pair=(1e-6, 1e6))  # aspect (w / h) of the crop
     flip: bool = True
     color_strength: float = option(1.0, ge=0)  # s: brightness/contrast/saturation 0.8 s, hue 0.2 s
     color_jitter_prob: float = option(0.8, ge=0, le=1)
-    brightness_mode: str = option("v2", choices=("v1", "v2"))  # v2: multiplicative factor; v1: additive delta
+    brightness_mode: str = option("v2", choices=("v1", "v2"))  # v2: multiplicative; v1: additive (the v1 code)
     grayscale_prob: float = option(0.2, ge=0, le=1)
     blur_prob: float | None = option(None, ge=0, le=1)  # None = auto: 0.5 above 32 px, 0 otherwise
     blur_sigma: tuple[float, float] = option((0.1, 2.0), pair=(1e-6, 1e6))
     normalize: bool = True  # per-channel mean/std of the dataset (harmless; official code feeds [0, 1])
     eval_crop_fraction: float | None = option(None, gt=0, le=1)  # None = auto: 0.875 above 32 px, else 1.0
-    # resize of the evaluation crop; None = bilinear (imported TF runs record bicubic, the official resize)
+    # resize of the evaluation crop; None = bicubic, the official resize
     eval_interpolation: str | None = option(None, choices=("bilinear", "bicubic"))
 
 
@@ -85,7 +86,11 @@ class ModelConfig:
     arch: str = "resnet18"  # resnet18/34/50/101/152 or r50_2x_sk1-style names
     width_multiplier: float = option(1.0, gt=0)
     sk_ratio: float = option(0.0, ge=0, lt=1)  # 0.0625 turns on Selective Kernels (v2)
-    cifar_stem: bool | None = None  # None = auto: 3x3 stride-1 stem without max-pool for images <= 64 px
+    cifar_stem: bool | None = None  # None = auto: 3x3 stride-1 stem, no max-pool, for small views (below)
+    cifar_stem_max_side: int = option(32, ge=1)  # auto picks the CIFAR stem up to this side: 32, the official rule
+    # the first block of every group projects its shortcut (official code); false: only where the shape
+    # changes (ResNet-18/34 of runs saved before this key, which load with false)
+    first_block_projection: bool = True
     input_size: int | None = option(None, ge=1)  # side of the views fed to the encoder; None = stored side
     head_layers: int = option(2, ge=0)  # 2 for v1, 3 for v2; 0 = no head (the loss on h)
     head_hidden_dim: int | None = option(None, ge=1)  # None = encoder output width
@@ -336,21 +341,43 @@ def _set_key(cfg: Config, key: str, value: Any) -> None:
     setattr(node, leaf, value)
 
 
-def resume_config(saved: Config, given: Config | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def flatten_dict(data: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested dict (e.g. a stored config) as ``{"train.epochs": 100, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten_dict(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_config(
+    saved: Config,
+    given: Config | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    stored_keys: set[str] | None = None,
+) -> Config:
     """The configuration a resumed run continues with: the run's own, ``saved`` (from its checkpoint).
 
     ``given`` (a preset or config file resolved by the user, or the caller's :class:`Config`) and the
     ``key=value`` ``overrides`` are checked against it: a key of :data:`RESUME_MAY_CHANGE` takes the given
     value (a ``None`` in ``given`` keeps the run's), any other difference is one line naming the key and
     both values. Nothing but the run folder is needed to resume. ``train.max_steps`` is per invocation:
-    unless given, the resumed run goes on to the end of its schedule.
+    unless given, the resumed run goes on to the end of its schedule. ``stored_keys``: the keys the run's
+    stored config has; ``given`` is not compared on keys added since (the run keeps the value
+    :func:`config_from_dict` filled in for them).
     """
     cfg = copy.deepcopy(saved)
     cfg.train.max_steps = None  # where the earlier invocation stopped is not where this one stops
     run = flatten(saved)
     wanted: list[tuple[str, Any, str]] = []
     if given is not None:
-        wanted += [(k, v, "given") for k, v in flatten(given).items() if k != "name"]
+        wanted += [
+            (k, v, "given")
+            for k, v in flatten(given).items()
+            if k != "name" and (stored_keys is None or k in stored_keys)
+        ]
     for text in overrides:
         probe = copy.deepcopy(saved)
         _merge(probe, _parse_override(text))  # checks the key, the type and the range
@@ -387,9 +414,18 @@ def config_to_dict(cfg: Any) -> dict:
     return fix(asdict(cfg))
 
 
+# Keys added after runs were first saved, with the value a stored config without them meant.
+_STORED_BEFORE = {"model": {"first_block_projection": False, "cifar_stem_max_side": 64}}
+
+
 def config_from_dict(data: dict) -> Config:
-    """Rebuild a :class:`Config` from :func:`config_to_dict` output (e.g. a run's config.yaml)."""
+    """Rebuild a :class:`Config` from :func:`config_to_dict` output (a checkpoint's or run's stored config).
+
+    A key the stored config lacks takes the default, except the keys of ``_STORED_BEFORE``, which take the
+    value that reproduces what the config meant when it was saved (e.g. the older ResNet shortcut layout).
+    """
     cfg = Config()
+    _merge(cfg, _STORED_BEFORE)
     _merge(cfg, data)
     return cfg
 

@@ -30,7 +30,15 @@ from simclr import __version__
 from simclr.augment import Augment, EvalTransform
 from simclr.channels_last import to_channels_last
 from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-from simclr.config import Config, config_from_dict, config_to_dict, dump_config, micro_batch_images, resume_config
+from simclr.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    flatten_dict,
+    micro_batch_images,
+    resume_config,
+)
 from simclr.data import ImageData, load_dataset, make_batch_source
 from simclr.data.base import channel_stats
 from simclr.distributed import (
@@ -191,7 +199,8 @@ def pretrain(
         if resume:
             saved = _load_for_resume(ckpt_path)
             try:
-                cfg = resume_config(config_from_dict(saved["config"]), cfg, overrides)
+                stored = set(flatten_dict(saved["config"]))  # keys added since the run was saved keep its own
+                cfg = resume_config(config_from_dict(saved["config"]), cfg, overrides, stored_keys=stored)
             except SimCLRError as e:
                 raise SimCLRError(f"{ckpt_path}: --resume: {e}") from None
         elif ckpt_path.exists():

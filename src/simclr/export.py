@@ -55,11 +55,14 @@ def default_crop_fraction(image_size: int, crop_fraction: float | None) -> float
 
 def _recipe(stored: int, crop: float, size: int, normalize: bool) -> str:
     """The evaluation preprocessing in words, for users feeding the encoder without this library."""
+    from simclr.augment import eval_crop_side
+
     steps = [f"resize the shorter side to {stored} px and centre-crop {stored}x{stored}"]
     if crop < 1:
-        steps.append(f"centre-crop {crop:g} of the side ({max(1, int(crop * stored))} px)")
-    steps.append(f"resize to {size}x{size} (bilinear, antialiased)" if crop < 1 or stored != size else "")
+        steps.append(f"centre-crop {crop:g} of the side ({eval_crop_side(stored, crop)} px)")
     steps.append("scale pixels to [0, 1]")
+    if crop < 1 or stored != size:
+        steps.append(f"resize to {size}x{size} (bicubic, Keys a = -0.5, antialiased when shrinking; clip to [0, 1])")
     steps.append("subtract mean and divide by std, per channel" if normalize else "no mean/std normalisation")
     return "; ".join(s for s in steps if s)
 
@@ -239,10 +242,12 @@ def _architecture(path: Path, arch: Any) -> dict[str, Any]:
         "sk_ratio": (int, float),
         "cifar_stem": (bool,),
         "se_ratio": (int, float),
+        "first_block_projection": (bool,),
     }
+    flags = ("cifar_stem", "first_block_projection")
     ok = isinstance(arch, dict) and "name" in arch and set(arch) <= set(types)
     if ok:
-        ok = all(isinstance(v, types[k]) and (k == "cifar_stem" or not isinstance(v, bool)) for k, v in arch.items())
+        ok = all(isinstance(v, types[k]) and (k in flags or not isinstance(v, bool)) for k, v in arch.items())
     if not ok:
         raise SimCLRError(f"{path}: 'architecture' must hold create_encoder keywords {', '.join(types)}, got {arch!r}")
     return arch
@@ -294,7 +299,7 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
     torch.Size([2, 64])
     """
     from simclr.checkpoint import load_state_strict
-    from simclr.models import create_encoder
+    from simclr.models import encoder_from_spec
 
     p = Path(path)
     if p.is_dir():
@@ -327,7 +332,7 @@ def load_encoder(path: str | os.PathLike, map_location: str | torch.device = "cp
             state, _ = _load_pt(source)
         else:
             raise SimCLRError(f"{json_path}: none of its weights files ({SAFETENSORS_NAME}, {PT_NAME}) is present")
-    encoder = create_encoder(**_architecture(p, meta.get("architecture")))
+    encoder = encoder_from_spec(_architecture(p, meta.get("architecture")))  # older specs: older layout
     load_state_strict(encoder, state, source)
     encoder.preprocessing = dict(meta.get("preprocessing") or {})
     return encoder.to(map_location).eval()

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from simclr.models.heads import ProjectionHead, SimCLRModel
-from simclr.models.resnet import ResNet, create_encoder, encoder_spec, list_encoders
+from simclr.models.resnet import ResNet, create_encoder, encoder_from_spec, encoder_spec, list_encoders
 
-__all__ = ["ProjectionHead", "ResNet", "SimCLRModel", "create_encoder", "encoder_spec", "list_encoders"]
+__all__ = [
+    "ProjectionHead",
+    "ResNet",
+    "SimCLRModel",
+    "create_encoder",
+    "encoder_from_spec",
+    "encoder_spec",
+    "list_encoders",
+]

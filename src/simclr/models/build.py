@@ -8,8 +8,10 @@ from simclr.models.heads import ProjectionHead, SimCLRModel
 
 
 def resolve_cifar_stem(cfg: ModelConfig, image_size: int) -> bool:
-    """The CIFAR stem (3x3 stride 1, no max-pool; v1 appendix B.9) is used for images of 64 px or less."""
-    return cfg.cifar_stem if cfg.cifar_stem is not None else image_size <= 64
+    """Whether to use the CIFAR stem (3x3 stride 1, no max-pool; v1 appendix B.9): ``model.cifar_stem``, or
+    when it is None, views of at most ``model.cifar_stem_max_side`` px (32 by default: the official rule
+    ``image_size <= 32``, SPEC-DETAILS 1.5; runs saved before that key was added used 64)."""
+    return cfg.cifar_stem if cfg.cifar_stem is not None else image_size <= cfg.cifar_stem_max_side
 
 
 def build_model(cfg: ModelConfig, image_size: int) -> SimCLRModel:
@@ -19,6 +21,7 @@ def build_model(cfg: ModelConfig, image_size: int) -> SimCLRModel:
         width=cfg.width_multiplier,
         sk_ratio=cfg.sk_ratio,
         cifar_stem=resolve_cifar_stem(cfg, image_size),
+        first_block_projection=cfg.first_block_projection,
     )
     head = ProjectionHead(
         encoder.out_dim,

@@ -30,9 +30,10 @@ from simclr.models.layers import (
 DEFAULT_SK_RATIO = 0.0625  # the official help text's recommended value; "sk1" in v2 checkpoint names
 
 
-def _shortcut(in_ch: int, out_ch: int, stride: int, sk: bool) -> nn.Module | None:
-    """Projection shortcut when shape changes: ResNet-D (avg pool + 1x1) with SK, else a strided 1x1."""
-    if in_ch == out_ch and stride == 1:
+def _shortcut(in_ch: int, out_ch: int, stride: int, sk: bool, project: bool) -> nn.Module | None:
+    """Projection shortcut where ``project`` is set or the shape changes (else the identity): ResNet-D
+    (avg pool + 1x1) with SK, else a strided 1x1 conv + BN."""
+    if in_ch == out_ch and stride == 1 and not project:
         return None
     return AvgPoolShortcut(in_ch, out_ch, stride) if sk else ConvShortcut(in_ch, out_ch, stride)
 
@@ -42,13 +43,21 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_ch: int, filters: int, stride: int, sk_ratio: float = 0.0, se_ratio: float = 0.0):
+    def __init__(
+        self,
+        in_ch: int,
+        filters: int,
+        stride: int,
+        sk_ratio: float = 0.0,
+        se_ratio: float = 0.0,
+        project_shortcut: bool = False,
+    ):
         super().__init__()
         if sk_ratio > 0:
             # Guarded in create_encoder too; the official TF2 code leaves basic blocks' 3x3 convs plain.
             raise ValueError("Selective Kernels are defined for bottleneck blocks only")
         # Created before the main path, as in TF, so ported variables map in module order.
-        self.shortcut = _shortcut(in_ch, filters, stride, sk=False)
+        self.shortcut = _shortcut(in_ch, filters, stride, sk=False, project=project_shortcut)
         self.conv1 = ConvBNReLU(in_ch, filters, 3, stride)
         self.conv2 = conv2d(filters, filters, 3)
         self.bn2 = batch_norm(filters, zero_init=True)  # the block starts as the identity
@@ -71,10 +80,18 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_ch: int, filters: int, stride: int, sk_ratio: float = 0.0, se_ratio: float = 0.0):
+    def __init__(
+        self,
+        in_ch: int,
+        filters: int,
+        stride: int,
+        sk_ratio: float = 0.0,
+        se_ratio: float = 0.0,
+        project_shortcut: bool = False,
+    ):
         super().__init__()
         out_ch = filters * self.expansion
-        self.shortcut = _shortcut(in_ch, out_ch, stride, sk=sk_ratio > 0)
+        self.shortcut = _shortcut(in_ch, out_ch, stride, sk=sk_ratio > 0, project=project_shortcut)
         self.conv1 = ConvBNReLU(in_ch, filters, 1)
         if sk_ratio > 0:
             self.conv2: nn.Module = SKConv2d(filters, filters, stride, sk_ratio)  # has its own BN-ReLU
@@ -95,8 +112,12 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """A ResNet encoder without FC: stem, four block groups (strides 1, 2, 2, 2), global average pool.
 
+    ``first_block_projection``: the first block of every group projects its shortcut, as the official
+    code (``use_projection=True``), which differs from projecting only where the shape changes for the
+    first group of ResNet-18/34 (its 64 -> 64 channels, stride 1); False rebuilds that older layout.
     Attributes: ``out_dim`` (512w * expansion: 2048w for depth >= 50, 512w for 18/34), ``arch_name``,
-    ``width``, ``sk_ratio``, ``se_ratio``, ``cifar_stem``. ``forward_features(x)``: (B, 3, H, W) ->
+    ``width``, ``sk_ratio``, ``se_ratio``, ``cifar_stem``, ``first_block_projection``.
+    ``forward_features(x)``: (B, 3, H, W) ->
     (B, out_dim, H/32, W/32), or (B, out_dim, H/8, W/8) with the stride-1 ``cifar_stem``;
     ``forward(x)``: (B, out_dim).
     """
@@ -110,10 +131,12 @@ class ResNet(nn.Module):
         se_ratio: float = 0.0,
         cifar_stem: bool = False,
         arch_name: str = "resnet",
+        first_block_projection: bool = True,
     ):
         super().__init__()
         self.arch_name, self.width, self.sk_ratio = arch_name, float(width), float(sk_ratio)
         self.se_ratio, self.cifar_stem = float(se_ratio), bool(cifar_stem)
+        self.first_block_projection = bool(first_block_projection)
         self.stem, in_ch = make_stem(width, sk=sk_ratio > 0, cifar_stem=cifar_stem)
         groups = []
         for i, (base, n_blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
@@ -121,7 +144,8 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(n_blocks):
                 stride = (1 if i == 0 else 2) if j == 0 else 1
-                blocks.append(block(in_ch, filters, stride, sk_ratio=sk_ratio, se_ratio=se_ratio))
+                project = j == 0 and self.first_block_projection
+                blocks.append(block(in_ch, filters, stride, sk_ratio, se_ratio, project_shortcut=project))
                 in_ch = filters * block.expansion
             groups.append(nn.Sequential(*blocks))
         # Names of the TF hub outputs (block_group1..4), so fine-tuning "after block k" reads the same.
@@ -198,6 +222,7 @@ def create_encoder(
     sk_ratio: float | None = None,
     cifar_stem: bool = False,
     se_ratio: float = 0.0,
+    first_block_projection: bool = True,
 ) -> ResNet:
     """Build a ResNet encoder by name (timm-style registry); returns a :class:`ResNet` with ``out_dim``.
 
@@ -206,6 +231,8 @@ def create_encoder(
     ``sk_ratio = 0.0625`` unless a positive ``sk_ratio`` is given. With a v2 name, ``width=1`` and
     ``sk_ratio=0`` (the config defaults) defer to the name; other values that disagree raise.
     Selective Kernels need bottleneck blocks (depth >= 50); see :class:`~simclr.models.layers.SKConv2d`.
+    ``first_block_projection`` (default True, the official layout): see :class:`ResNet`; it changes only
+    ResNet-18/34.
 
     Raises :class:`SimCLRError` for unknown names and invalid widths or ratios.
     """
@@ -234,15 +261,32 @@ def create_encoder(
             f"model.sk_ratio: Selective Kernels need bottleneck blocks (depth >= 50), not {name!r}; "
             "use sk_ratio=0 or a ResNet-50/101/152"
         )
-    return ResNet(block, layers, width, sk_ratio, se_ratio, bool(cifar_stem), arch_name=key)
+    return ResNet(
+        block,
+        layers,
+        width,
+        sk_ratio,
+        se_ratio,
+        bool(cifar_stem),
+        arch_name=key,
+        first_block_projection=bool(first_block_projection),
+    )
 
 
 def encoder_spec(encoder: ResNet) -> dict:
-    """The keywords that rebuild ``encoder`` with :func:`create_encoder` (saved in checkpoints)."""
+    """The keywords that rebuild ``encoder`` with :func:`create_encoder` (saved in exported encoders)."""
     return {
         "name": encoder.arch_name,
         "width": encoder.width,
         "sk_ratio": encoder.sk_ratio,
         "cifar_stem": encoder.cifar_stem,
         "se_ratio": encoder.se_ratio,
+        "first_block_projection": encoder.first_block_projection,
     }
+
+
+def encoder_from_spec(spec: dict) -> ResNet:
+    """Rebuild an encoder from :func:`encoder_spec` keywords. A spec saved before
+    ``first_block_projection`` existed describes the older layout (shortcuts projected only where the
+    shape changes), so a missing key means False."""
+    return create_encoder(**{"first_block_projection": False, **spec})
