@@ -268,20 +268,24 @@ class Augment(nn.Module):
                     part.copy_(torch.where(args[2].view(-1, 1, 1, 1) > 0, shifted, part, out=shifted))
         return x
 
-    def apply(self, x: Tensor, params: AugmentParams) -> Tensor:
-        """Apply ``params`` to uint8 (or float in [0, 1]) ``x`` (B, C, H, W); returns float32 (B, 3, S, S)."""
+    def apply(self, x: Tensor, params: AugmentParams, sizes: Tensor | None = None) -> Tensor:
+        """Apply ``params`` to uint8 (or float in [0, 1]) ``x`` (B, C, H, W); returns float32 (B, 3, S, S).
+
+        ``sizes`` int (B, 2): each image's (h, w) when ``x`` is a canvas of images of different sizes
+        (top-left aligned); ``params`` must then have been drawn for those sizes.
+        """
         if x.dim() != 4 or x.shape[1] not in (1, 3):
             raise ValueError(f"expected images (B, 1 or 3, H, W), got shape {tuple(x.shape)}")
         # float32 throughout, even when called under autocast (bf16 matmuls would blur the blur's identity)
         with torch.autocast(x.device.type, enabled=False):
-            return self._augment(x, params)
+            return self._augment(x, params, sizes)
 
-    def _augment(self, x: Tensor, params: AugmentParams) -> Tensor:
+    def _augment(self, x: Tensor, params: AugmentParams, sizes: Tensor | None = None) -> Tensor:
         cfg, size = self.cfg, self.out_size
         height, width = x.shape[2:]
         xf = x.to(torch.float32)
-        if cfg.crop or cfg.flip or (height, width) != (size, size):
-            xf = resized_crop_flip(xf, params.boxes, params.flip if cfg.flip else None, size)
+        if cfg.crop or cfg.flip or sizes is not None or (height, width) != (size, size):
+            xf = resized_crop_flip(xf, params.boxes, params.flip if cfg.flip else None, size, sizes)
         elif xf is x:
             xf = x.clone()  # the steps below work in place on their own buffer
         if x.dtype == torch.uint8:
@@ -296,14 +300,25 @@ class Augment(nn.Module):
             xf = gaussian_blur(xf, params.sigma, k, apply=params.blur, padding=self.blur_padding)
         return self.normalize(xf)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One random view per image: uint8 (B, C, H, W) -> float32 (B, 3, S, S) on x's device."""
-        params = self.sample_params(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
-        return self.apply(x, params)
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None) -> Tensor:
+        """One random view per image: uint8 (B, C, H, W) -> float32 (B, 3, S, S) on x's device.
 
-    def two_views(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        ``sizes`` int (B, 2): ``x`` is a canvas of images of different sizes, image b in its top-left
+        ``(h_b, w_b)``; each view is cropped from its own image's full extent.
+        """
+        if sizes is None:
+            params = self.sample_params(x.shape[0], x.shape[2], x.shape[3], generator, x.device)
+        else:
+            gen_device = generator.device if generator is not None else x.device
+            hw = sizes.to(gen_device)
+            params = self.sample_params(x.shape[0], hw[:, 0], hw[:, 1], generator, x.device)
+        return self.apply(x, params, sizes)
+
+    def two_views(
+        self, x: Tensor, generator: torch.Generator | None = None, sizes: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Two independent views of each image, computed as one batch of 2B (v1 section 2.1)."""
-        views = self(torch.cat([x, x]), generator)
+        views = self(torch.cat([x, x]), generator, None if sizes is None else torch.cat([sizes, sizes]))
         return views[: x.shape[0]], views[x.shape[0] :]
 
 
@@ -348,16 +363,36 @@ class EvalTransform(nn.Module):
         self.crop_fraction = crop_fraction
         self.normalize = _Normalize(mean, std) if normalize else _Normalize(None, None)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """uint8 (or float in [0, 1]) (B, C, H, W) -> float32 (B, 3, S, S)."""
-        height, width = x.shape[2:]
-        side = eval_crop_side(min(height, width), self.crop_fraction)
-        top, left = (height - side + 1) // 2, (width - side + 1) // 2
-        xf = x[:, :, top : top + side, left : left + side].to(torch.float32)
-        if x.dtype == torch.uint8:
+    def forward(self, x: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """uint8 (or float in [0, 1]) (B, C, H, W) -> float32 (B, 3, S, S).
+
+        ``sizes`` int (B, 2): a canvas of images of different sizes (top-left aligned); each image gets the
+        centre crop of its own extent, and images with the same crop side are resized together.
+        """
+        if sizes is None:
+            height, width = x.shape[2:]
+            side = eval_crop_side(min(height, width), self.crop_fraction)
+            top, left = (height - side + 1) // 2, (width - side + 1) // 2
+            return self.normalize(self._resize(x[:, :, top : top + side, left : left + side]))
+        out = torch.empty(x.shape[0], x.shape[1], self.out_size, self.out_size, device=x.device)
+        crops: dict[int, list[tuple[int, Tensor]]] = {}  # crop side -> (row, crop): one resize per side
+        for i, (height, width) in enumerate(sizes.tolist()):
+            side = eval_crop_side(min(height, width), self.crop_fraction)
+            top, left = (height - side + 1) // 2, (width - side + 1) // 2
+            crops.setdefault(side, []).append((i, x[i, :, top : top + side, left : left + side]))
+        for group in crops.values():  # images of one stored side share their crop side
+            rows = torch.tensor([i for i, _ in group], device=x.device)
+            out[rows] = self._resize(torch.stack([c for _, c in group]))
+        return self.normalize(out)
+
+    def _resize(self, crop: Tensor) -> Tensor:
+        """(B, C, side, side) crops -> float32 (B, C, S, S) in [0, 1]."""
+        xf = crop.to(torch.float32)
+        if crop.dtype == torch.uint8:
             xf = xf / 255
+        side = crop.shape[-1]
         if side != self.out_size:
             size = (self.out_size, self.out_size)
             xf = F.interpolate(xf, size=size, mode=self.interpolation, align_corners=False, antialias=True)
             xf = xf.clamp_(0, 1)
-        return self.normalize(xf)
+        return xf

@@ -21,7 +21,9 @@ def _per_image(v: Tensor, x: Tensor) -> Tensor:
     return v.to(dtype=x.dtype).view(-1, 1, 1, 1)
 
 
-def resized_crop_flip(images: Tensor, boxes: Tensor, flip: Tensor | None, out_size: int) -> Tensor:
+def resized_crop_flip(
+    images: Tensor, boxes: Tensor, flip: Tensor | None, out_size: int, sizes: Tensor | None = None
+) -> Tensor:
     """Crop each image to its box, resize to ``out_size`` and mirror it, in one bilinear resampling.
 
     ``images`` float ``(B, C, H, W)``; ``boxes`` ``(B, 4)`` as ``(top, left, height, width)`` in pixels
@@ -31,7 +33,13 @@ def resized_crop_flip(images: Tensor, boxes: Tensor, flip: Tensor | None, out_si
     the image (exactly up to float32 rounding of the normalised grid: < 3e-5 at 224 px). Border
     padding, as a resize clamps at the edges. Bilinear stands in for the official bicubic (SPEC
     section 2.1); no antialiasing, as crops are almost always upsampled.
+
+    ``sizes`` int ``(B, 2)``: images of different sizes in one canvas, image b top-left aligned in its own
+    ``(h_b, w_b)``; every sample position is clamped into its own image, so the canvas padding is never
+    read (the border rule of each image, as for a uniform batch).
     """
+    if sizes is not None:
+        return _ragged_crop_flip(images, boxes, flip, out_size, sizes)
     b, _, height, width = images.shape
     top, left, h, w = boxes.to(device=images.device, dtype=images.dtype).unbind(1)
     theta = images.new_zeros(b, 2, 3)
@@ -42,6 +50,24 @@ def resized_crop_flip(images: Tensor, boxes: Tensor, flip: Tensor | None, out_si
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
     grid = F.affine_grid(theta, [b, 1, out_size, out_size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _ragged_crop_flip(images: Tensor, boxes: Tensor, flip: Tensor | None, out_size: int, sizes: Tensor) -> Tensor:
+    """:func:`resized_crop_flip` on a canvas of images of different sizes: a separable grid per image."""
+    b, _, height, width = images.shape
+    top, left, h, w = boxes.to(device=images.device, dtype=images.dtype).unbind(1)
+    sizes = sizes.to(device=images.device, dtype=images.dtype)
+    u = (torch.arange(out_size, device=images.device, dtype=images.dtype) + 0.5) / out_size  # (S,)
+    xs = left[:, None] + u[None, :] * w[:, None] - 0.5  # (B, S) source columns, pixel units
+    ys = top[:, None] + u[None, :] * h[:, None] - 0.5  # (B, S) source rows
+    if flip is not None:
+        xs = torch.where(flip.to(images.device).view(-1, 1), xs.flip(1), xs)
+    xs = torch.minimum(xs.clamp_min(0), (sizes[:, 1] - 1).view(-1, 1))  # border rule of each image
+    ys = torch.minimum(ys.clamp_min(0), (sizes[:, 0] - 1).view(-1, 1))
+    gx = (2 * xs + 1) / width - 1  # pixel centre -> normalised canvas coordinate (align_corners=False)
+    gy = (2 * ys + 1) / height - 1
+    grid = torch.stack([gx[:, None, :].expand(b, out_size, out_size), gy[:, :, None].expand(b, out_size, out_size)], 3)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
