@@ -9,7 +9,8 @@ runs ``pytest -x -q`` on the named tests with that copy's ``src`` first on the i
   mutated code did not even import, a sign the mutation should be subtler);
 - ``MISSED``: the tests passed with the bug in place;
 - ``NOT APPLIED``: the snippet is not in the file, or is there more than once (the code moved: update the
-  list); reported loudly and never counted as caught.
+  list); reported loudly and never counted as caught;
+- ``NO TESTS``: none of its test files exists in the tree (``--root`` at an older commit); not counted.
 
 Usage (from the repository root)::
 
@@ -56,7 +57,7 @@ class Mutation:
 @dataclass
 class Outcome:
     mutation: Mutation
-    status: str  # caught | caught (timeout) | caught (error) | MISSED | NOT APPLIED | BROKEN
+    status: str  # caught | caught (timeout) | caught (error) | MISSED | NOT APPLIED | NO TESTS | BROKEN
     seconds: float = 0.0
     detail: str = ""
     output: str = field(default="", repr=False)
@@ -153,7 +154,10 @@ def run_one(mutation: Mutation, source: Path, files: list[str], timeout: float, 
         why = apply(mutation, tree)
         if why is not None:
             return Outcome(mutation, "NOT APPLIED", detail=why)
-        rc, output, seconds = run_tests(tree, mutation.tests, timeout, python)
+        tests = [t for t in mutation.tests if (tree / t.split("::")[0]).exists()]
+        if not tests:  # e.g. --root at an older commit, before these tests existed
+            return Outcome(mutation, "NO TESTS", detail=f"none of {mutation.tests} in the tree")
+        rc, output, seconds = run_tests(tree, tests, timeout, python)
         if rc is None:
             return Outcome(mutation, "caught (timeout)", seconds, f"ran past {timeout:.0f} s", output)
         if rc == 0:
@@ -189,12 +193,12 @@ def table(outcomes: list[Outcome]) -> str:
     lines = [f"{'mutation':<{width}}  {'area':<12} {'result':<17} {'time':>6}  detail"]
     for o in outcomes:
         lines.append(f"{o.mutation.name:<{width}}  {o.mutation.area:<12} {o.status:<17} {o.seconds:>5.0f}s  {o.detail}")
-    applied = [o for o in outcomes if o.status != "NOT APPLIED"]
+    applied = [o for o in outcomes if o.status not in ("NOT APPLIED", "NO TESTS")]
     caught = [o for o in applied if o.caught]
     lines.append("")
     ratio = len(caught) / len(applied) if applied else 0.0
     lines.append(f"caught {len(caught)} of {len(applied)} applied mutations ({100 * ratio:.1f} %)")
-    for label in ("MISSED", "NOT APPLIED", "BROKEN"):
+    for label in ("MISSED", "NOT APPLIED", "NO TESTS", "BROKEN"):
         names = [o.mutation.name for o in outcomes if o.status == label]
         if names:
             lines.append(f"{label} ({len(names)}): {', '.join(names)}")
@@ -214,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the outcomes to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the mutated copies (for debugging)")
     parser.add_argument("--python", default=sys.executable, help="interpreter with the project's dependencies")
+    parser.add_argument("--root", default=str(ROOT), help="tree to mutate (default: this repository)")
     args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
 
     mutations = load_mutations(Path(args.mutations))
     unknown = [n for n in args.only if n not in {m.name for m in mutations}]
@@ -230,14 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(mutations)} mutations")
         return 0
 
-    files = tree_files(ROOT)
+    files = tree_files(root)
     t0 = time.perf_counter()
     # One snapshot of the tree at the start: edits made while the run goes on do not leak into it.
     source = Path(tempfile.mkdtemp(prefix="mutate-source-"))
     try:
-        copy_tree(ROOT, files, source)
+        copy_tree(root, files, source)
         if not args.no_baseline:
             tests = sorted({t.split("::")[0] for m in mutations for t in m.tests})
+            tests = [t for t in tests if (source / t).exists()]
             baseline(tests, source, files, args.timeout, args.python)
         else:
             check_imports_from_copy(source, args.python)
@@ -271,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
-    applied = [o for o in outcomes if o.status != "NOT APPLIED"]
+    applied = [o for o in outcomes if o.status not in ("NOT APPLIED", "NO TESTS")]
     ratio = sum(o.caught for o in applied) / len(applied) if applied else 0.0
     return 0 if len(applied) == len(outcomes) and ratio >= args.min_caught else 1
 
