@@ -105,6 +105,16 @@ def test_dry_run_reports_estimates(tiny_npz: Path) -> None:
     assert "ESTIMATE" in text and "batch 16" in text and "epoch: 1 steps" in text
 
 
+def test_dry_run_extrapolation_never_shrinks_the_step_time(tiny_npz: Path, monkeypatch) -> None:
+    """Regression: timings of 0.2 s at batch 4 and 0.1 s at batch 8 (noise on a loaded CPU) extrapolated to a
+    negative step time at batch 16; the step time is now at least the larger batch's."""
+    times = {4: 0.2, 8: 0.1}
+    monkeypatch.setattr(bench, "_measure", lambda trainer, augment, images, *a: (times[len(images)], 10**8))
+    cfg = load_config(overrides=[*tiny_overrides(tiny_npz), "train.batch_size=16"])
+    report = bench.dry_run(cfg, steps=1, warmup=1, max_cpu_pixels=8 * 12 * 12, out=lambda line: None)
+    assert report["estimated"] and report["step_time_s"] == pytest.approx(0.1)
+
+
 def test_dry_run_takes_micro_batches_into_account(tiny_npz: Path) -> None:
     overrides = [*tiny_overrides(tiny_npz), "train.batch_size=8", "train.activation_checkpointing=true"]
     lines: list[str] = []
