@@ -6,7 +6,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch>=2.3"
 DATA ?= /usr/share/datasets/fashion-mnist
 OUT ?= runs/demo
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo test lint format bench mutate clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -39,6 +39,10 @@ format: venv
 
 bench: venv
 	$(VENV)/bin/simclr bench --preset fashion-mnist --data $(DATA)
+
+# Plants each bug of scripts/mutations.py in a copy of the tree and checks the tests catch it (docs/testing.md).
+mutate: venv
+	$(PY) scripts/mutate.py --jobs 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

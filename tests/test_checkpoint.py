@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import simclr.checkpoint as ckpt_mod
@@ -252,6 +252,7 @@ def test_missing_paths_and_folders(tmp_path):
 
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+VALID_CHECKPOINT = _valid_checkpoint_bytes()  # once: torch.save writes a random serialization id
 
 
 def _mutations(base: bytes):
@@ -276,16 +277,22 @@ def _apply(buf: bytearray, edits) -> bytearray:
         st.integers(1, len(_valid_checkpoint_bytes()) - 1).map(lambda n: _valid_checkpoint_bytes()[:n]),
     )
 )
+@example(blob=VALID_CHECKPOINT)
 def test_fuzz_load_checkpoint(tmp_path, blob):
-    """Random or damaged bytes: a SimCLRError naming the file, or (a harmless byte flip) a loaded dict."""
+    """Random or damaged bytes: a SimCLRError naming the file, or (a harmless byte flip) a loaded dict; the
+    undamaged file loads."""
     path = tmp_path / "fuzz.pt"
     path.write_bytes(blob)
+    valid = blob == VALID_CHECKPOINT
     try:
         state = load_checkpoint(path)
     except SimCLRError as e:
-        assert "fuzz.pt" in str(e) and "\n" not in str(e)
+        assert not valid, f"the valid checkpoint was refused: {e}"
+        assert str(e).startswith(f"{path}: ") and "\n" not in str(e), str(e)
     else:
         assert isinstance(state, dict) and state["format"] == "simclr-checkpoint"
+        if valid:
+            assert state["step"] == 1 and torch.equal(state["w"], torch.arange(4.0))
 
 
 # ---- checkpoints from another architecture --------------------------------------------------------------------

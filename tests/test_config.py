@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
+
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simclr.config import (
     Config,
@@ -171,3 +176,49 @@ def test_stored_config_with_unknown_key():
     data = config_to_dict(Config())
     data["train"]["warp_speed"] = 9
     one_line_error(lambda: config_from_dict(data), "train.warp_speed")
+
+
+# ---- fuzzing: any override text parses or is one line naming the key; every preset's values parse -----------
+
+_DEFAULT = Config()
+LEAF_KEYS = sorted(
+    f"{section.name}.{f.name}" if is_dataclass(getattr(_DEFAULT, section.name)) else section.name
+    for section in fields(Config)
+    for f in (fields(getattr(_DEFAULT, section.name)) if is_dataclass(getattr(_DEFAULT, section.name)) else [section])
+)
+VALUE_TEXT = st.one_of(
+    st.text(max_size=12),
+    st.integers(-(10**6), 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["true", "false", "null", "[]", "[1, 2]", "[0.1, 0.5]", "[a, 1]", "{a: 1}", "1e-3", "-1", ""]),
+)
+
+
+def _value(cfg: Config, key: str):
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name) if name else getattr(cfg, section)
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(LEAF_KEYS), text=VALUE_TEXT)
+def test_fuzz_overrides(key, text):
+    """``key=text`` either gives a config that survives the trip through a run's config.yaml, or one line
+    naming the key."""
+    try:
+        cfg = load_config(overrides=[f"{key}={text}"])
+    except SimCLRError as e:
+        message = str(e)
+        assert "\n" not in message and key in message, message
+    else:
+        assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize("preset", available_presets())
+def test_every_preset_value_parses_as_an_override(preset):
+    """Valid inputs parse: each value of each preset, given back as ``key=value`` text, gives that value."""
+    cfg = load_config(preset=preset)
+    for key in LEAF_KEYS:
+        value = _value(cfg, key)
+        text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)
+        text = text.strip().removesuffix("...").strip()
+        assert _value(load_config(overrides=[f"{key}={text}"]), key) == value, (key, text)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -540,32 +540,59 @@ def _fuzz_file(tmp_path: Path, name: str, blob: bytes) -> Path:
     return path
 
 
+def fuzz_read(read, path: Path, valid: bool):
+    """``read(path)``, or None after checking the error: one line, ``<path>: <problem>``; a valid file must parse."""
+    try:
+        return read(path)
+    except SimCLRError as e:
+        message = str(e)
+        assert not valid, f"a valid file was refused: {message}"
+        assert message.startswith(f"{path}: ") and len(message) > len(f"{path}: ") + 3 and "\n" not in message
+        return None
+
+
+VALID_IDX = idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 4))
+
+
 @FUZZ
+@example(blob=VALID_IDX)
 @given(blob=st.one_of(st.binary(max_size=300), st.binary(max_size=60).map(lambda b: b"\x00\x00\x08\x02" + b)))
 def test_fuzz_idx(tmp_path, blob):
-    try:
-        read_idx(_fuzz_file(tmp_path, "f-idx", blob))
-    except SimCLRError:
-        pass
+    out = fuzz_read(read_idx, _fuzz_file(tmp_path, "f-idx", blob), valid=blob == VALID_IDX)
+    if out is not None and not blob.startswith(b"\x1f\x8b"):  # a plain (not gzipped) file: header + data
+        assert isinstance(out, np.ndarray) and 4 + 4 * out.ndim + out.nbytes == len(blob)
+    if blob == VALID_IDX:
+        np.testing.assert_array_equal(out, np.arange(12).reshape(3, 4))
 
 
 @FUZZ
+@example(blob=_valid_pickle())
 @given(blob=st.one_of(st.binary(max_size=300), _mutate(_valid_pickle())))
 def test_fuzz_cifar_pickle(tmp_path, blob):
-    try:
-        safe_unpickle(_fuzz_file(tmp_path, "data_batch_1", blob))
-    except SimCLRError:
-        pass
+    out = fuzz_read(safe_unpickle, _fuzz_file(tmp_path, "data_batch_1", blob), valid=blob == _valid_pickle())
+    if blob == _valid_pickle():
+        assert out[b"labels"] == [1] and out[b"data"].shape == (1, 3072)
+
+
+STL_RECORD = 3 * 96 * 96
 
 
 @FUZZ
+@example(blob=bytes(STL_RECORD), n=1)
+@example(blob=bytes([1, 10, 3]), n=3)
 @given(blob=st.binary(max_size=300), n=st.integers(0, 3))
 def test_fuzz_stl(tmp_path, blob, n):
-    for fn in (lambda p: read_stl_images(p), lambda p: read_stl_labels(p, n)):
-        try:
-            fn(_fuzz_file(tmp_path, "train_X.bin", blob))
-        except SimCLRError:
-            pass
+    """A file of whole 96 x 96 x 3 records is images; n bytes in 1..10 are n labels; anything else is an error."""
+    images_ok = len(blob) > 0 and len(blob) % STL_RECORD == 0
+    images = fuzz_read(read_stl_images, _fuzz_file(tmp_path, "train_X.bin", blob), valid=images_ok)
+    assert (images is not None) == images_ok
+    if images_ok:
+        assert images.shape == (len(blob) // STL_RECORD, 3, 96, 96)
+    labels_ok = len(blob) == n and all(1 <= b <= 10 for b in blob)
+    labels = fuzz_read(lambda p: read_stl_labels(p, n), _fuzz_file(tmp_path, "train_y.bin", blob), valid=labels_ok)
+    assert (labels is not None) == labels_ok
+    if labels_ok:
+        assert labels.tolist() == [b - 1 for b in blob]
 
 
 def _valid_npz() -> bytes:
@@ -575,9 +602,11 @@ def _valid_npz() -> bytes:
 
 
 @FUZZ
+@example(blob=_valid_npz())
 @given(blob=st.one_of(st.binary(max_size=300), _mutate(_valid_npz())))
 def test_fuzz_npz(tmp_path, blob):
-    try:
-        load_npz(_fuzz_file(tmp_path, "f.npz", blob))
-    except SimCLRError:
-        pass
+    out = fuzz_read(load_npz, _fuzz_file(tmp_path, "f.npz", blob), valid=blob == _valid_npz())
+    if out is not None:
+        assert out.images.dtype == torch.uint8 and out.images.ndim == 4
+    if blob == _valid_npz():
+        assert out.images.shape == (2, 1, 3, 3) and out.labels.tolist() == [0, 1]

@@ -5,6 +5,7 @@ representation-health numbers match plain references and flag collapse.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import math
 import re
@@ -78,7 +79,9 @@ def test_report_of_a_run_folder(pipeline, capsys):
     assert report_command(str(run), max_images=16, device="cpu") == 0
     assert "index.html" in capsys.readouterr().out
     page = run / "report" / "index.html"
-    names = ["training.png", "embedding_pca.png", "retrieval.png", "augmentations.png", "health.png"]
+    # t-SNE and UMAP maps come with their optional packages (scikit-learn is in the dev extra)
+    maps = [f"embedding_{m}.png" for m, mod in (("tsne", "sklearn"), ("umap", "umap")) if importlib.util.find_spec(mod)]
+    names = ["training.png", "embedding_pca.png", *maps, "retrieval.png", "augmentations.png", "health.png"]
     text = _check_page(page, names)
     for title in ("Training", "Embedding map", "Nearest neighbours", "Augmented views", "Representation health"):
         assert f"<h2>{title}</h2>" in text

@@ -1060,7 +1060,9 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
             images = torch.randint(0, 256, (b, *shape), generator=g, dtype=torch.uint8)
             meas[b] = _measure(trainer, augment, images, steps, warmup, device)
         (t1, m1), (t2, m2) = meas[b1], meas[b2]
-        slope_t = (t2 - t1) / (b2 - b1) if b2 > b1 else t2 / b2
+        # A step never gets faster with more images: two noisy timings (a loaded CPU) must not make the
+        # extrapolated step time shrink, or go negative.
+        slope_t = max((t2 - t1) / (b2 - b1), 0.0) if b2 > b1 else t2 / b2
         slope_m = max((m2 - m1) / (b2 - b1), 1.0) if b2 > b1 else 0.0
         step_s = t2 + slope_t * (batch - b2)
         peak = int(m2 + slope_m * (batch - b2))
