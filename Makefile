@@ -38,7 +38,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 bench: venv
-	$(VENV)/bin/simclr bench --preset fashion-mnist --data $(DATA)
+	$(PY) benchmarks/bench_pretrain.py --preset fashion-mnist --data $(DATA)
 
 # Plants each bug of scripts/mutations.py in a copy of the tree and checks the tests catch it (docs/testing.md).
 mutate: venv

@@ -1,7 +1,7 @@
-"""The benchmark tooling: every field of the JSON result, the dry run, the PIL baseline, the CLI parser.
+"""The benchmark tooling: every field of the JSON result, the dry run, the PIL baseline, the parser.
 
 Smoke tests only: a few steps on tiny data. Nothing here asserts a timing (the machine may be loaded);
-speed is for `simclr bench` to measure, not for the tests to judge.
+speed is for ``benchmarks/bench_pretrain.py`` to measure, not for the tests to judge.
 """
 
 from __future__ import annotations
@@ -10,16 +10,20 @@ import argparse
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from simclr import bench
+from simclr import dryrun
 from simclr.config import AugmentConfig, load_config
 from simclr.errors import SimCLRError
 from simclr.loss import nt_xent
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_pretrain as bench  # noqa: E402  (the harness lives outside the package)
 
 SETUP_KEYS = {
     "preset", "arch", "width_multiplier", "image_size", "batch_size", "views_per_step", "device", "hardware",
@@ -95,7 +99,7 @@ def test_bench_without_baselines_on_random_data() -> None:
 def test_dry_run_reports_estimates(tiny_npz: Path) -> None:
     cfg = load_config(overrides=[*tiny_overrides(tiny_npz), "train.batch_size=16", "train.epochs=3"])
     lines: list[str] = []
-    report = bench.dry_run(cfg, steps=1, warmup=1, max_cpu_pixels=8 * 12 * 12, out=lines.append)
+    report = dryrun.dry_run(cfg, steps=1, warmup=1, max_cpu_pixels=8 * 12 * 12, out=lines.append)
     assert report["estimated"] is True  # measured at 4 and 8, extrapolated to 16
     assert set(report["measured"]) == {"4", "8"}
     assert report["step_time_s"] > 0 and report["peak_memory_bytes"] > 0
@@ -109,48 +113,48 @@ def test_dry_run_extrapolation_never_shrinks_the_step_time(tiny_npz: Path, monke
     """Regression: timings of 0.2 s at batch 4 and 0.1 s at batch 8 (noise on a loaded CPU) extrapolated to a
     negative step time at batch 16; the step time is now at least the larger batch's."""
     times = {4: 0.2, 8: 0.1}
-    monkeypatch.setattr(bench, "_measure", lambda trainer, augment, images, *a: (times[len(images)], 10**8))
+    monkeypatch.setattr(dryrun, "_measure", lambda parts, images, *a: (times[len(images)], 10**8))
     cfg = load_config(overrides=[*tiny_overrides(tiny_npz), "train.batch_size=16"])
-    report = bench.dry_run(cfg, steps=1, warmup=1, max_cpu_pixels=8 * 12 * 12, out=lambda line: None)
+    report = dryrun.dry_run(cfg, steps=1, warmup=1, max_cpu_pixels=8 * 12 * 12, out=lambda line: None)
     assert report["estimated"] and report["step_time_s"] == pytest.approx(0.1)
 
 
 def test_dry_run_takes_micro_batches_into_account(tiny_npz: Path) -> None:
     overrides = [*tiny_overrides(tiny_npz), "train.batch_size=8", "train.activation_checkpointing=true"]
     lines: list[str] = []
-    report = bench.dry_run(load_config(overrides=[*overrides, "train.micro_batch=2"]), steps=1, out=lines.append)
+    report = dryrun.dry_run(load_config(overrides=[*overrides, "train.micro_batch=2"]), steps=1, out=lines.append)
     assert report["step_time_s"] > 0
     assert "gradient caching: micro-batches of 2 images, activation checkpointing" in "\n".join(lines)
     with pytest.raises(SimCLRError, match="train.micro_batch"):
-        bench.dry_run(load_config(overrides=[*overrides, "train.micro_batch=3"]), out=lines.append)
+        dryrun.dry_run(load_config(overrides=[*overrides, "train.micro_batch=3"]), out=lines.append)
 
 
 def test_gradient_cached_variant_takes_the_engines_step(tiny_npz: Path, monkeypatch) -> None:
     """`micro_batch` counts images, each forward pass holding both views of its images, and NT-Xent runs in
     float32 with autocast off, as in the engine (before: micro-batches of views, the loss under bf16 autocast)."""
-    import simclr.engine
     import simclr.loss
+    import simclr.step
+    from simclr.step import train_on_views
 
     cfg = load_config(overrides=[*tiny_overrides(tiny_npz), "train.batch_size=8", "train.precision=bf16"])
-    trainer = bench.make_trainer(cfg, torch.device("cpu"), 12, 3, micro_batch=4)
+    parts = bench.make_parts(cfg, torch.device("cpu"), 12, 3, (0.5,) * 3, (0.5,) * 3, micro_batch=4)
     passes, autocast_in_loss = [], []
-    forward = trainer.train_module.forward
-    monkeypatch.setattr(trainer.train_module, "forward", lambda x: passes.append(x[:, 0, 0, 0].tolist()) or forward(x))
+    forward = parts.train_module.forward
+    monkeypatch.setattr(parts.train_module, "forward", lambda x: passes.append(x[:, 0, 0, 0].tolist()) or forward(x))
     real_nt_xent = simclr.loss.nt_xent
 
     def nt_xent(*args, **kwargs):
         autocast_in_loss.append(torch.is_autocast_enabled("cpu"))
         return real_nt_xent(*args, **kwargs)
 
-    monkeypatch.setattr(simclr.engine, "nt_xent", nt_xent)
-    monkeypatch.setattr(simclr.loss, "nt_xent", nt_xent)
+    monkeypatch.setattr(simclr.step, "nt_xent", nt_xent)
     image = torch.arange(8.0)[:, None, None, None].expand(8, 3, 12, 12)
     views = torch.cat([image, image + 100])  # view 2 of image i: i + 100
-    trainer.train_on_views(views, torch.arange(8) % 3, bench.PhaseClock(torch.device("cpu"), enabled=False))
+    stats = train_on_views(parts, views, torch.arange(8) % 3, 0, clock=bench.PhaseClock(torch.device("cpu"), False))
     both_views = [[0, 1, 2, 3, 100, 101, 102, 103], [4, 5, 6, 7, 104, 105, 106, 107]]
     assert passes == both_views * 2  # two passes of gradient caching, 4 images x 2 views each
     assert autocast_in_loss == [False]
-    assert float(trainer.extra["sums"][0]) > 0  # the logged loss
+    assert float(stats.loss) > 0 and stats.applied  # the logged loss
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simclr import engine
+from simclr import step as step_mod
 from simclr.checkpoint import load_checkpoint
 from simclr.cli import main
 from simclr.config import LossConfig, load_config
@@ -335,7 +335,7 @@ def test_bad_micro_batch_is_a_one_line_error(tmp_path, capsys, override, expect)
 @pytest.mark.parametrize("mode", ["loss", "grad"])
 def test_engine_skips_a_non_finite_gradient_cached_step(tmp_path, monkeypatch, mode: str) -> None:
     """The plain step's skip rule holds: a NaN loss (no backward at all) or a NaN gradient skips step 2."""
-    real, calls = engine.nt_xent, []
+    real, calls = step_mod.nt_xent, []
 
     def nt_xent_nan_once(z_a, z_b, *args, **kwargs):
         loss = real(z_a, z_b, *args, **kwargs)
@@ -345,7 +345,7 @@ def test_engine_skips_a_non_finite_gradient_cached_step(tmp_path, monkeypatch, m
         # "grad": value + 0, but d sqrt(|x|)/dx at x = 0 is NaN: a finite loss with a NaN gradient
         return loss * float("nan") if mode == "loss" else loss + (z_a - z_a.detach()).abs().sqrt().sum()
 
-    monkeypatch.setattr(engine, "nt_xent", nt_xent_nan_once)
+    monkeypatch.setattr(step_mod, "nt_xent", nt_xent_nan_once)
     state, _ = tiny_run(tmp_path, "train.micro_batch=4", "train.max_steps=3")
     assert state["run_state"]["skipped_steps"] == 1 and state["run_state"]["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["module"].values() if v.is_floating_point())

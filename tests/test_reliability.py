@@ -25,6 +25,8 @@ import torch
 
 import simclr.checkpoint as ckpt_mod
 import simclr.engine as engine
+import simclr.runfolder as runfolder
+import simclr.step as step_mod
 from simclr.augment import Augment
 from simclr.checkpoint import load_checkpoint
 from simclr.cli import main
@@ -86,12 +88,12 @@ def all_finite(state: dict) -> bool:
 
 
 class Inject:
-    """Wraps ``simclr.engine.nt_xent``: from optimizer step ``start`` (0-based) for ``count`` steps it returns
+    """Wraps ``simclr.step.nt_xent``: from optimizer step ``start`` (0-based) for ``count`` steps it returns
     NaN (``mode="loss"``) or a finite loss whose gradient is NaN (``mode="grad"``)."""
 
     def __init__(self, start: int, count: int, mode: str = "loss"):
         self.start, self.count, self.mode, self.calls = start, count, mode, 0
-        self.real = engine.nt_xent
+        self.real = step_mod.nt_xent
 
     def __call__(self, z_a, z_b, *args, **kwargs):
         step, self.calls = self.calls, self.calls + 1
@@ -105,11 +107,11 @@ class Inject:
 
 
 class Snapshots:
-    """Wraps the engine's ``save_checkpoint`` to keep a copy of every checkpoint's module state by step."""
+    """Wraps the run folder's ``save_checkpoint`` to keep a copy of every checkpoint's module state by step."""
 
     def __init__(self):
         self.by_step: dict[int, dict] = {}
-        self.real = engine.save_checkpoint
+        self.real = runfolder.save_checkpoint
 
     def __call__(self, state, path):
         self.by_step[state["run_state"]["step"]] = {k: v.clone() for k, v in state["module"].items()}
@@ -120,8 +122,8 @@ class Snapshots:
 def test_a_transient_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatch, mode):
     data = write_npz(tmp_path / "d.npz")
     snaps = Snapshots()
-    monkeypatch.setattr(engine, "nt_xent", Inject(start=3, count=1, mode=mode))
-    monkeypatch.setattr(engine, "save_checkpoint", snaps)
+    monkeypatch.setattr(step_mod, "nt_xent", Inject(start=3, count=1, mode=mode))
+    monkeypatch.setattr(runfolder, "save_checkpoint", snaps)
     summary = engine.pretrain(tiny_config(data), tmp_path / "run")
     assert summary["status"] == "finished" and summary["steps"] == 8 and summary["skipped_steps"] == 1
     logged = metrics(tmp_path / "run")
@@ -139,7 +141,7 @@ def test_a_transient_non_finite_step_is_skipped_and_counted(tmp_path, monkeypatc
 @pytest.mark.parametrize("mode", ["loss", "grad"])
 def test_too_many_non_finite_steps_stop_with_one_clear_line(tmp_path, monkeypatch, mode, capsys):
     data = write_npz(tmp_path / "d.npz")
-    monkeypatch.setattr(engine, "nt_xent", Inject(start=4, count=100, mode=mode))
+    monkeypatch.setattr(step_mod, "nt_xent", Inject(start=4, count=100, mode=mode))
     run = tmp_path / "run"
     code = main(cli_args(data, run, "--set", "train.epochs=3", "--set", "train.max_bad_steps=3"))
     err = capsys.readouterr().err
@@ -147,7 +149,7 @@ def test_too_many_non_finite_steps_stop_with_one_clear_line(tmp_path, monkeypatc
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: "), err[-2000:]  # on a line of its own, after the progress bar
     # steps 5, 6, 7 (metrics.jsonl numbering) are bad; the 7th stops the run
-    lr = engine.lr_at(6, 12, 2, 0.3 * 16 / 256)
+    lr = step_mod.lr_at(6, 12, 2, 0.3 * 16 / 256)
     assert "non-finite" in last and "step 7" in last and f"lr {lr:.4g}" in last, last
     assert str(run / "checkpoints" / "last.pt") in last and "intact" in last
     state = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -187,8 +189,8 @@ def test_a_non_finite_forward_does_not_poison_batchnorm_statistics(tmp_path, mon
     calls = {"n": 0}
     real_two_views = Augment.two_views
 
-    def two_views(self, images, generator):
-        v1, v2 = real_two_views(self, images, generator)
+    def two_views(self, images, generator, sizes=None):
+        v1, v2 = real_two_views(self, images, generator, sizes)
         calls["n"] += 1
         if calls["n"] == 3:
             v1 = v1.clone()
@@ -197,7 +199,7 @@ def test_a_non_finite_forward_does_not_poison_batchnorm_statistics(tmp_path, mon
 
     monkeypatch.setattr(Augment, "two_views", two_views)
     snaps = Snapshots()
-    monkeypatch.setattr(engine, "save_checkpoint", snaps)
+    monkeypatch.setattr(runfolder, "save_checkpoint", snaps)
     summary = engine.pretrain(tiny_config(data), tmp_path / "run")
     assert summary["skipped_steps"] == 1 and metrics(tmp_path / "run")[2]["skipped_steps"] == 1
     assert all(all_finite(snaps.by_step[step]) for step in range(1, 9))  # every checkpoint, the 3rd included
@@ -241,7 +243,7 @@ def test_metrics_write_failure_mid_run_stops_cleanly(tmp_path, monkeypatch, caps
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
         return open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(runfolder, "open", full_disk_open, raising=False)
     run = tmp_path / "run"
     code = main(cli_args(data, run))
     err = capsys.readouterr().err

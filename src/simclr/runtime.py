@@ -60,6 +60,22 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16(precision, device) else nullcontext()
 
 
+def set_kernel_flags(device: torch.device, deterministic: bool = False) -> None:
+    """The process's kernel choices for training on ``device``: cuDNN autotuning (off in deterministic mode)
+    and TF32 for convolutions only (matmul TF32 would also reach NT-Xent's logits: 10 mantissa bits, about
+    1e-2 logit error at tau 0.1, and every later stage of the process). Deterministic mode also asks torch
+    for deterministic algorithms and, on CUDA, a fixed cuBLAS workspace."""
+    import os
+
+    if deterministic:
+        if torch.device(device).type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.allow_tf32 = True
+
+
 class _LineBar:
     """tqdm's counters and ETA, written as a full line per update (log files have no carriage returns)."""
 
@@ -98,4 +114,4 @@ def progress(
     return _LineBar(iterable, mininterval=interval, maxinterval=interval, delay=interval, leave=True, **common)
 
 
-__all__ = ["PRECISIONS", "autocast", "progress", "resolve_device", "use_bf16"]
+__all__ = ["PRECISIONS", "autocast", "progress", "resolve_device", "set_kernel_flags", "use_bf16"]

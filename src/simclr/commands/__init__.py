@@ -8,7 +8,6 @@ work. :mod:`simclr.cli` builds the parser from :data:`COMMANDS` in this order.
 from __future__ import annotations
 
 from simclr.commands import (
-    bench,
     distill,
     embed,
     export,
@@ -34,7 +33,6 @@ COMMANDS = (
     finetune,
     distill,
     pipeline,
-    bench,
     report,
     export,
     embed,

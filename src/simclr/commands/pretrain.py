@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         return 0
     if args.dry_run:
-        from simclr.bench import dry_run
+        from simclr.dryrun import dry_run
 
         dry_run(cfg)
         return 0
