@@ -17,17 +17,8 @@ import torch
 
 from simclr.config import load_config
 from simclr.errors import SimCLRError
-from simclr.report import (
-    alignment,
-    dimension_std,
-    effective_rank,
-    health_summary,
-    interpret,
-    read_metrics,
-    report_command,
-    uniformity,
-    write_report,
-)
+from simclr.health import alignment, dimension_std, effective_rank, health_summary, interpret, uniformity
+from simclr.report import read_metrics, report_command, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

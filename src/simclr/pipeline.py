@@ -301,19 +301,10 @@ def _record_options(out: Path, o: PipelineOptions) -> None:
 
 
 def _cell(result: dict[str, Any], metrics: str) -> dict[str, Any]:
+    from simclr.eval.card import SUMMARY_FIELDS
+
     card = result.get("card", {})
-    keep = (
-        "protocol",
-        "label_fraction",
-        "subset_hash",
-        "seed",
-        "epochs",
-        "batch_size",
-        "checkpoint_sha256",
-        "device",
-        "wall_clock_s",
-        "date_utc",
-    )
+    keep = [k for k in SUMMARY_FIELDS if k not in ("dataset", "split")]  # the table's own header says those
     return {"top1": result["top1"], "top5": result["top5"], "metrics": metrics, "card": {k: card.get(k) for k in keep}}
 
 

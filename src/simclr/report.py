@@ -24,7 +24,6 @@ import base64
 import html
 import importlib.util
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -37,7 +36,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simclr.errors import SimCLRError
+from simclr.eval.card import SUMMARY_FIELDS
 from simclr.files import folder_lock, write_text
+from simclr.health import health_summary, interpret
 from simclr.preview import (
     augmentation_figure,
     curves_figure,
@@ -46,83 +47,6 @@ from simclr.preview import (
     retrieval_figure,
     save_figure,
 )
-
-# ---- representation health: small pure functions ------------------------------------------------------
-
-
-def alignment(u: Tensor, v: Tensor) -> float:
-    """Mean squared distance between the L2-normalised embeddings of two views, rows paired: (N, D) each.
-
-    0 when both views of every image map to the same point; at most 4 (Wang & Isola 2020, alpha = 2).
-    """
-    u, v = F.normalize(u.double(), dim=1), F.normalize(v.double(), dim=1)
-    return float((u - v).pow(2).sum(1).mean())
-
-
-def uniformity(u: Tensor, t: float = 2.0) -> float:
-    """log of the mean of exp(-t ||u_i - u_j||^2) over distinct pairs of L2-normalised rows of u (N, D).
-
-    0 when all embeddings coincide; about -4 (t = 2) when they are spread over a high-dimensional sphere.
-    """
-    u = F.normalize(u.double(), dim=1)
-    sq = torch.pdist(u).pow(2)  # (N (N - 1) / 2,) squared distances of distinct pairs
-    return float(torch.logsumexp(-t * sq, 0) - math.log(sq.numel()))
-
-
-def dimension_std(u: Tensor) -> Tensor:
-    """Standard deviation of each dimension of the L2-normalised rows of u (N, D) over the N images: (D,)."""
-    return F.normalize(u.double(), dim=1).std(0)
-
-
-def effective_rank(u: Tensor) -> float:
-    """exp(entropy) of the normalised singular values of the centred, L2-normalised rows of u (N, D).
-
-    The effective rank of Roy & Vetterli (2007), which RankMe (Garrido et al. 2023) tracks for
-    self-supervised embeddings (here of the centred embeddings): D when every direction carries the same
-    variance, 1 when a single one carries it all.
-    """
-    x = F.normalize(u.double(), dim=1)
-    s = torch.linalg.svdvals(x - x.mean(0))
-    p = s / s.sum().clamp_min(1e-12)
-    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-
-
-def health_summary(v1: Tensor, v2: Tensor) -> dict[str, Any]:
-    """Alignment, uniformity, per-dimension std and effective rank of embeddings of two views (N, D)."""
-    both = torch.cat([v1, v2])
-    std = dimension_std(both)
-    d = std.numel()
-    return {
-        "dim": d,
-        "alignment": alignment(v1, v2),
-        "uniformity": uniformity(both),
-        "std": std.float(),
-        "near_zero": int((std < 0.1 / math.sqrt(d)).sum()),  # a tenth of a uniform spread's 1 / sqrt(D)
-        "total_variance": float(std.pow(2).sum()),  # 1 - ||mean||^2, in [0, 1]
-        "effective_rank": effective_rank(both),
-    }
-
-
-def interpret(name: str, s: dict[str, Any]) -> str:
-    """One line saying what the numbers of :func:`health_summary` mean for representation ``name``."""
-    facts = (
-        f"{name}: alignment {s['alignment']:.3f} (0 = the two views coincide), uniformity {s['uniformity']:.2f} "
-        f"(0 = all images coincide, about -4 = spread over the sphere), effective rank {s['effective_rank']:.1f} "
-        f"of {s['dim']}, {s['near_zero']} of {s['dim']} dimensions with near-zero std"
-    )
-    if s["total_variance"] < 0.01:
-        verdict = "complete collapse: every image gets almost the same embedding"
-    elif s["near_zero"] > s["dim"] // 2:
-        verdict = "dimensional collapse: most dimensions carry no variation"
-    elif s["uniformity"] > -0.5:
-        verdict = "the embeddings crowd into a small region of the sphere (early training, or a collapse under way)"
-    elif s["near_zero"] > 0:
-        dead = " (channels that a ReLU keeps at zero are common in h)" if name == "h" else ""
-        verdict = f"a few dimensions are unused{dead}, the others vary"
-    else:
-        verdict = "no sign of collapse"
-    return f"{facts}: {verdict}."
-
 
 # ---- inputs ------------------------------------------------------------------------------------------------
 
@@ -203,20 +127,7 @@ def embedding_maps(h: Tensor, seed: int) -> list[tuple[str, Tensor, str]]:
 
 # ---- results and cards -------------------------------------------------------------------------------------
 
-_CARD_COLUMNS = (
-    "protocol",
-    "dataset",
-    "split",
-    "label_fraction",
-    "subset_hash",
-    "seed",
-    "epochs",
-    "batch_size",
-    "checkpoint_sha256",
-    "device",
-    "wall_clock_s",
-    "date_utc",
-)
+_CARD_COLUMNS = SUMMARY_FIELDS
 
 
 def _e(x: Any) -> str:
@@ -546,14 +457,4 @@ def report_command(run: str, out: str | None = None, device: str = "auto", max_i
     return 0
 
 
-__all__ = [
-    "alignment",
-    "dimension_std",
-    "effective_rank",
-    "health_summary",
-    "interpret",
-    "read_metrics",
-    "report_command",
-    "uniformity",
-    "write_report",
-]
+__all__ = ["read_metrics", "report_command", "write_report"]

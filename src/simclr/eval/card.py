@@ -18,6 +18,21 @@ from typing import Any
 
 import torch
 
+# What a results table shows of a card (the pipeline's results.json, the report's card tables).
+SUMMARY_FIELDS = (
+    "protocol",
+    "dataset",
+    "split",
+    "label_fraction",
+    "subset_hash",
+    "seed",
+    "epochs",
+    "batch_size",
+    "checkpoint_sha256",
+    "device",
+    "wall_clock_s",
+    "date_utc",
+)
 REQUIRED_FIELDS = (
     "protocol",
     "dataset",
