@@ -483,7 +483,7 @@ def _pretrain_variant(name, trainer, data, augment, batch_size: int, options: di
     generator.manual_seed(t.seed * 1000)
 
     def step(clock: PhaseClock) -> None:
-        images, labels, _ = next(batches)
+        images, labels, *_ = next(batches)
         clock.mark("data")
         with torch.no_grad():
             v1, v2 = augment.two_views(images, generator)

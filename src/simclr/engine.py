@@ -398,7 +398,7 @@ def _pretrain(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) ->
     with _Stop() as stop, progress:  # the bar is closed (its line ended) before any error is printed
         while state.epoch < t.epochs and state.step < max_steps and stopped_by is None:
             source.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-            for images, labels, _ in source:
+            for images, labels, *_ in source:
                 lr = lr_at(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
