@@ -203,3 +203,14 @@ def test_batched_device_decode_with_cpu_fallback(fake_torchvision):
         ref = reference(datas[i], 16)
         got = out[i].permute(1, 2, 0).numpy()
         assert got.shape == ref.shape and np.abs(got.astype(int) - ref.astype(int)).mean() < 3.0, i
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_every_backend_gives_the_stored_shape_of_the_full_image(backend):
+    # reduced decoding rounds the reduced sides (24 x 18 at 5/8 is 15 x 12): the shape must not follow it
+    for w, h, orientation in [(24, 18, 1), (18, 24, 1), (500, 375, 1), (375, 500, 6), (37, 23, 8), (200, 40, 1)]:
+        data = with_orientation(Image.fromarray(photo(w, h)), orientation)
+        upright = (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+        for side in (12, 100, 224):
+            expected = stored_shape(*upright, side, 2.0)[1]
+            assert decode_image_bytes(data, side, 2.0, backend).shape == (*expected, 3), (w, h, side)

@@ -23,8 +23,12 @@ SIDE = 12
 
 
 def jpeg(w: int, h: int, fmt: str = "JPEG") -> bytes:
+    """A distinct smooth image with a little noise (decoders then differ by rounding only)."""
+    y, x = np.mgrid[0:h, 0:w]
+    a, b, c = RNG.uniform(0.5, 3, 3)
+    base = np.stack([127 + 100 * np.sin(a * x / w * 3), 127 + 100 * np.cos(b * y / h * 3), (x + y) * c], axis=2)
     buf = io.BytesIO()
-    Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, fmt)
+    Image.fromarray(np.clip(base + RNG.normal(0, 3, base.shape), 0, 255).astype(np.uint8)).save(buf, fmt)
     return buf.getvalue()
 
 
@@ -171,3 +175,33 @@ def test_open_image_stream_uses_split_folders(tmp_path):
     test = open_image_stream(tmp_path, "test", SIDE)  # val stands in for test
     assert len(test) == 3 and test.classes == ["c0", "c1", "c2"]
     assert len(open_image_stream(tmp_path / "train" / "shard-000.tar", "train", SIDE)) == 5
+
+
+def test_gpu_decoder_path_builds_the_same_batches(tmp_path, monkeypatch):
+    """The device-decoding branch, run on the CPU with a stand-in for torchvision's decode_jpeg."""
+    import sys
+    import types
+
+    import simclr.data.decode as decode_mod
+
+    def decode_jpeg(x, mode=None, device="cpu"):
+        def one(t):
+            img = Image.open(io.BytesIO(t.numpy().tobytes()))
+            img.load()
+            return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).to(device)
+
+        return [one(t) for t in x] if isinstance(x, list) else one(x)
+
+    io_mod = types.SimpleNamespace(decode_jpeg=decode_jpeg, ImageReadMode=types.SimpleNamespace(RGB="RGB"))
+    monkeypatch.setitem(sys.modules, "torchvision.io", io_mod)
+    monkeypatch.setattr(decode_mod, "_torchvision_decode_jpeg", lambda: decode_jpeg)
+    make_folder(tmp_path)
+    (tmp_path / "c0" / "099.png").write_bytes(jpeg(20, 14, "PNG"))  # not a JPEG: decoded on the CPU
+    stream = ImageStream(tmp_path, SIDE, backend="pil")  # full-size decoding on both sides
+    cpu = make_batch_source(stream, 13, "cpu", shuffle=False, drop_last=False, threads=2)
+    gpu = make_batch_source(stream, 13, "cpu", shuffle=False, drop_last=False, threads=2)
+    gpu.decoder = "gpu"
+    (a,), (b,) = collect(cpu, 0), collect(gpu, 0)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.labels, b.labels) and torch.equal(a.sizes, b.sizes)
+    diff = (a.images.float() - b.images.float()).abs()
+    assert diff.max() <= 2 and diff.mean() < 0.5  # torch's antialiased bicubic against PIL's

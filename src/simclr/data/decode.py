@@ -85,23 +85,38 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def _finish(img: Image.Image, side: int | None, max_aspect: float | None) -> np.ndarray:
-    """Crop, resize and return an 8-bit RGB image as uint8 (H, W, 3)."""
-    (top, left, h, w), (out_h, out_w) = stored_shape(img.height, img.width, side, max_aspect)
-    if (h, w) != (img.height, img.width):
-        img = img.crop((left, top, left + w, top + h))
-    if (out_h, out_w) != (h, w):
-        img = img.resize((out_w, out_h), Image.BICUBIC, reducing_gap=None)
-    return np.asarray(img)
+def _finish(img: Image.Image, side: int | None, max_aspect: float | None, full: tuple[int, int] | None = None):
+    """Crop and resize an 8-bit RGB image to its stored shape; uint8 (H, W, 3).
+
+    ``full``: (H, W) of the upright image at full size when ``img`` was decoded at a reduced scale. The
+    stored shape and the crop come from the full size, so every backend gives the same shape; the crop box
+    is mapped to the reduced image in fractional pixels (PIL's resize box).
+    """
+    full_h, full_w = full or (img.height, img.width)
+    (top, left, h, w), (out_h, out_w) = stored_shape(full_h, full_w, side, max_aspect)
+    if (full_h, full_w) == (img.height, img.width) and (out_h, out_w) == (h, w):  # no resampling
+        if (h, w) != (img.height, img.width):
+            img = img.crop((left, top, left + w, top + h))
+        return np.asarray(img)
+    sy, sx = img.height / full_h, img.width / full_w
+    box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+    return np.asarray(img.resize((out_w, out_h), Image.BICUBIC, box=box, reducing_gap=None))
+
+
+def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(H, W) after EXIF ``orientation`` of an image of PIL ``size`` (W, H)."""
+    w, h = size
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
 def _decode_pil(data: bytes, side: int | None, max_aspect: float | None, draft: bool) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
+        full = _upright(img.size, img.getexif().get(_ORIENTATION, 1))
         if draft and side is not None and img.format == "JPEG":
             img.draft("RGB", (side, side))  # libjpeg scales by 1/2..1/8 while keeping both sides >= side
         img.load()
         img = _to_rgb(ImageOps.exif_transpose(img))
-        return _finish(img, side, max_aspect)
+        return _finish(img, side, max_aspect, full)
 
 
 def _decode_simplejpeg(data: bytes, side: int | None, max_aspect: float | None) -> np.ndarray:
@@ -119,7 +134,7 @@ def _decode_simplejpeg(data: bytes, side: int | None, max_aspect: float | None) 
     img = Image.fromarray(rgb)
     if orientation in _TRANSPOSE:
         img = img.transpose(_TRANSPOSE[orientation])
-    return _finish(img, side, max_aspect)
+    return _finish(img, side, max_aspect, _upright((width, height), orientation))
 
 
 def decode_image_bytes(
