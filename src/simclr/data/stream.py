@@ -271,7 +271,8 @@ class ImageStreamSource(BatchSource):
     def _load_on_side_stream(self, idx: Tensor, slot: int) -> tuple[Batch, object]:
         if self.copy_stream is None:
             return self._load(idx, slot)
-        with torch.cuda.stream(self.copy_stream):
+        # the producer thread's current device is cuda:0 until set (it is per thread): cuda:LOCAL_RANK here
+        with torch.cuda.device(self.device), torch.cuda.stream(self.copy_stream):
             return self._load(idx, slot)
 
     def iter_from(self, batch_index: int) -> Iterator[Batch]:
