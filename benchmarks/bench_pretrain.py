@@ -269,9 +269,10 @@ def _pretrain_variant(name, parts, data, batch_size: int, options: dict) -> Vari
     done = [0]
 
     def step(clock: PhaseClock) -> None:
-        images, labels, _ = next(batches)
+        batch = next(batches)
         clock.mark("data")
-        train_step(parts, images, labels, done[0], clock=clock)  # the engine's step, augmentation included
+        # the engine's step, augmentation included
+        train_step(parts, batch.images, batch.labels, done[0], batch.sizes, clock=clock)
         done[0] += 1
 
     def resident() -> int:

@@ -454,7 +454,7 @@ def tiny_data(n: int = 50) -> ImageData:
 
 def epoch(source, e: int, start: int = 0) -> list[tuple]:
     source.set_epoch(e, start_batch=start)
-    return [(x.clone(), None if y is None else y.clone(), i.clone()) for x, y, i in source]
+    return [(x.clone(), None if y is None else y.clone(), i.clone()) for x, y, i, *_ in source]
 
 
 def test_batch_source_is_deterministic_and_correct():

@@ -180,8 +180,9 @@ def _train(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) -> di
 
         while state.epoch < t.epochs and state.step < max_steps and stopped_by is None:
             source.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-            for images, labels, _ in source:
-                stats = train_step(parts, images, labels, state.step, agree=agree)
+            for batch in source:
+                images, labels = batch.images, batch.labels
+                stats = train_step(parts, images, labels, state.step, batch.sizes, agree=agree)
                 if stats.applied:
                     state.bad_steps = 0
                 else:  # skipped, counted; the run stops after too many in a row

@@ -13,13 +13,15 @@ device once and each batch is an ``index_select`` there, no DataLoader. Streamed
 sampler is the same order and sharding, decoding in worker processes, pinned memory and non-blocking copies
 on CUDA.
 
-Each iteration yields ``(images uint8 (b, C, H, W), labels int64 (b,) or None, indices int64 (b,))``, all on
-the device, with b = B / W; ``indices`` index the dataset.
+Each iteration yields a :class:`Batch` on the device, with b = B / W rows; ``indices`` index the dataset.
+The streamed source for indexed folders and tar shards, whose images keep their aspect ratio, is
+:class:`simclr.data.stream.ImageStreamSource`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,7 +31,24 @@ from simclr.data.base import ImageData
 from simclr.data.folder import FolderStream
 from simclr.errors import SimCLRError
 
-Batch = tuple[Tensor, Tensor | None, Tensor]
+if TYPE_CHECKING:
+    from simclr.data.stream import ImageStream
+
+
+class Batch(NamedTuple):
+    """One rank's batch. Unpack the fields you need: ``images, labels, indices, *_ = batch``.
+
+    ``images`` is a uint8 canvas (b, C, Hc, Wc): image ``i`` fills ``images[i, :, :H_i, :W_i]`` (top left
+    aligned, zeros elsewhere) with ``(H_i, W_i) = sizes[i]``; ``sizes`` is None when every image fills the
+    canvas (in-memory data, square folders). ``valid`` is None unless the source flags undecodable images
+    (``on_bad="flag"``): then False marks rows that hold no image (black, at the canvas size).
+    """
+
+    images: Tensor  # uint8 (b, C, Hc, Wc), on the source's device
+    labels: Tensor | None  # int64 (b,)
+    indices: Tensor  # int64 (b,): dataset indices
+    sizes: Tensor | None = None  # int64 (b, 2): each image's (H, W) inside the canvas
+    valid: Tensor | None = None  # bool (b,): False for a flagged, undecodable image
 
 
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> Tensor:
@@ -84,7 +103,7 @@ class EpochBatches:
 
 
 class BatchSource:
-    """Iterate over an epoch's batches: ``for images, labels, indices in source``.
+    """Iterate over an epoch's batches: ``for batch in source`` (:class:`Batch`).
 
     Call ``set_epoch(epoch, start_batch=k)`` before each epoch; ``k > 0`` resumes mid-epoch and yields
     exactly batches ``k, k+1, ...`` of that epoch. The start batch applies to the next iteration only.
@@ -123,7 +142,7 @@ class TensorBatchSource(BatchSource):
         for idx in self.order.shards(batch_index):
             idx = idx.to(self.device, non_blocking=True)
             labels = self.labels.index_select(0, idx) if self.labels is not None else None
-            yield self.images.index_select(0, idx), labels, idx
+            yield Batch(self.images.index_select(0, idx), labels, idx)
 
 
 class _ShardSampler(Sampler[list[int]]):
@@ -160,11 +179,11 @@ class StreamBatchSource(BatchSource):
         for images, labels, idx in self.loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True) if self.has_labels else None
-            yield images, labels, idx.to(self.device, non_blocking=True)
+            yield Batch(images, labels, idx.to(self.device, non_blocking=True))
 
 
 def make_batch_source(
-    data: ImageData | FolderStream,
+    data: ImageData | FolderStream | ImageStream,
     batch_size: int,
     device: torch.device | str,
     *,
@@ -174,18 +193,27 @@ def make_batch_source(
     rank: int = 0,
     world_size: int = 1,
     workers: int = 2,
+    threads: int | None = None,
+    on_bad: str = "substitute",
+    decode: str = "auto",
 ) -> BatchSource:
-    """The batch source for ``data``: in memory on ``device`` for :class:`ImageData`, streamed for a folder.
+    """The batch source for ``data``: in memory on ``device`` for :class:`ImageData`, streamed otherwise.
 
-    ``batch_size`` is the global batch over all ranks (must be divisible by ``world_size``); each rank
-    gets ``batch_size // world_size`` images per batch. ``workers`` only matters for streamed folders.
+    ``data``: :class:`ImageData`, :class:`FolderStream` (DataLoader with ``workers`` processes) or
+    :class:`~simclr.data.stream.ImageStream` (``threads`` decode threads, ``on_bad`` substitute | flag,
+    ``decode`` auto | cpu | gpu). ``batch_size`` is the global batch over all ranks (must be divisible by
+    ``world_size``); each rank gets ``batch_size // world_size`` images per batch.
     """
+    from simclr.data.stream import ImageStream, ImageStreamSource  # stream builds on this module
+
     device = torch.device(device)
     n = len(data)
     order = EpochBatches(n, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank,
                          world_size=world_size)  # fmt: skip
+    if isinstance(data, ImageStream):
+        return ImageStreamSource(data, order, device, threads=threads, on_bad=on_bad, decode=decode)
     if isinstance(data, FolderStream):
         return StreamBatchSource(data, order, device, workers)
     if isinstance(data, ImageData):
         return TensorBatchSource(data, order, device)
-    raise TypeError(f"make_batch_source expects ImageData or FolderStream, got {type(data).__name__}")
+    raise TypeError(f"make_batch_source expects ImageData, FolderStream or ImageStream, got {type(data).__name__}")
