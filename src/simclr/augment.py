@@ -263,6 +263,10 @@ class Augment(nn.Module):
                 args = args[:, start : start + step]
                 if kind == "L":
                     blend_(part, *args)
+                elif part.device.type == "cpu":  # a free host read: only the images with an op in this pass
+                    rows = (args[2] > 0).nonzero().flatten()
+                    if len(rows):
+                        part.index_copy_(0, rows, adjust_hsv(part.index_select(0, rows), args[0][rows], args[1][rows]))
                 else:
                     shifted = adjust_hsv(part, args[0], args[1])
                     part.copy_(torch.where(args[2].view(-1, 1, 1, 1) > 0, shifted, part, out=shifted))

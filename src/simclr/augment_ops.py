@@ -220,18 +220,26 @@ def gaussian_blur(
 ) -> Tensor:
     """Separable Gaussian blur with a per-image ``sigma`` (B,) (v1 appendix A), clipped to [0, 1].
 
-    ``x`` (B, C, H, W). ``apply`` (bool (B,)): the other images are returned bit-exact (a final select,
-    as TF32 or autocast matmuls would round even a unit impulse); no subset is gathered, which would
-    need a host sync. ``padding``: ``"zeros"`` as the official code
-    ('SAME': borders darken, SPEC-DETAILS 1.4) or ``"reflect"``. ``method``: ``"conv"`` views x as
+    ``x`` (B, C, H, W). ``apply`` (bool (B,)): the other images are returned bit-exact (on CUDA a final
+    select, as TF32 or autocast matmuls would round even a unit impulse, and no subset is gathered, which
+    would need a host sync; on the CPU only the chosen images are blurred). ``padding``: ``"zeros"`` as
+    the official code ('SAME': borders darken, SPEC-DETAILS 1.4) or ``"reflect"``. ``method``: ``"conv"`` views x as
     (1, B*C, H, W) and runs one grouped convolution (groups = B*C) per axis with every image's own
     kernel; ``"matmul"`` multiplies by per-image banded (Toeplitz) matrices, ``M_h @ x @ M_w^T``, which is
     the same sum and 3x faster on CPU at 224 px, but its cost grows with the side cubed; ``"auto"`` picks
     matmul up to 256 px.
     """
-    b, c, height, width = x.shape
     if padding not in ("zeros", "reflect"):
         raise ValueError(f"padding must be 'zeros' or 'reflect', got {padding!r}")
+    if apply is not None and x.device.type == "cpu":
+        # On the CPU a host read of the mask is free: blur only the chosen images (about half of them).
+        rows = apply.to(x.device).nonzero().flatten()
+        out = x.clone()
+        if len(rows):
+            chosen, sigmas = x.index_select(0, rows), sigma.to(x.device)[rows]
+            out.index_copy_(0, rows, gaussian_blur(chosen, sigmas, kernel_size, None, padding, method))
+        return out
+    b, c, height, width = x.shape
     kernel = gaussian_kernels(sigma.to(device=x.device, dtype=x.dtype), kernel_size, apply)  # (B, K)
     if method == "auto":
         method = "matmul" if max(height, width) <= 256 else "conv"
