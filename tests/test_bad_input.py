@@ -27,8 +27,9 @@ from PIL import Image
 from simclr.augment import Augment
 from simclr.cli import main
 from simclr.config import AugmentConfig
-from simclr.data import FolderStream, load_dataset
+from simclr.data import load_dataset, make_batch_source
 from simclr.data.folder import BadImage, decode_image, load_folder
+from simclr.data.stream import ImageStream
 from simclr.errors import SimCLRError
 
 RNG = np.random.default_rng(0)
@@ -344,8 +345,9 @@ def test_odd_but_valid_images_are_converted(tmp_path):
     Image.new("RGB", (3, 2), (1, 2, 3)).save(tmp_path / "tiny.png")  # smaller than the 16 px stored size
     Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "one_pixel.bmp")
     data = load_dataset("folder", tmp_path, image_size=16)
-    assert data.images.shape == (8, 3, 16, 16) and data.bad_files == []
-    centre = {name: data.images[i, :, 8, 8].tolist() for i, name in enumerate(data.names)}
+    images = [data.images.image(i) for i in range(len(data))]  # packed: the 3 x 2 image stays 3:2
+    assert len(data) == 8 and data.bad_files == [] and all(min(x.shape[1:]) == 16 for x in images)
+    centre = {name: images[i][:, 8, 8].tolist() for i, name in enumerate(data.names)}
     assert centre["gray.png"] == [77] * 3 and centre["rgba.png"] == [128, 0, 0] and centre["deep16.png"] == [100] * 3
     assert centre["gray_alpha.png"] == [200] * 3 and centre["bilevel.png"] == [255] * 3
     assert centre["tiny.png"] == [1, 2, 3] and centre["one_pixel.bmp"] == [9, 9, 9]
@@ -354,17 +356,19 @@ def test_odd_but_valid_images_are_converted(tmp_path):
 
 def test_huge_flat_image_is_resized_not_rejected(tmp_path):
     Image.new("RGB", (6000, 4000), (10, 200, 30)).save(tmp_path / "huge.png")  # 24 Mpx, 80 kB on disk
-    data = load_dataset("folder", tmp_path, image_size=16)
-    assert data.images.shape == (1, 3, 16, 16) and data.images[0, :, 8, 8].tolist() == [10, 200, 30]
+    data = load_dataset("folder", tmp_path, image_size=16)  # the aspect ratio is kept: 16 x 24
+    assert data.images.shape == (1, 3, 16, 24) and data.images[0, :, 8, 8].tolist() == [10, 200, 30]
 
 
 def test_streamed_folder_substitutes_a_bad_image(tmp_path):
     for i in range(3):
         (tmp_path / f"good{i}.png").write_bytes(png_bytes(value=(i, i, i)))
     (tmp_path / "good1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))  # corrupt, but not zero-byte
-    stream = FolderStream(tmp_path, image_size=8)
-    image, _, index = stream[1]
-    assert index == 1 and image.shape == (3, 8, 8) and image[:, 4, 4].tolist() == [2, 2, 2]  # the next image
+    stream = ImageStream(tmp_path, image_size=8, max_bad_fraction=0.5)
+    source = make_batch_source(stream, 3, "cpu", shuffle=False, on_bad="substitute")
+    batch = next(iter(source))
+    assert batch.indices.tolist() == [0, 1, 2] and batch.images.shape[:3] == (3, 3, 8)
+    assert batch.images[1, :, 4, 4].tolist() == [2, 2, 2]  # the corrupt image's row: the next image
 
 
 def test_images_smaller_than_the_crop_are_upsampled_by_the_augmentation():
@@ -433,10 +437,11 @@ def test_fuzz_folder_images(tmp_path, blob, suffix):
         assert reason and "\n" not in reason and len(reason) <= 120, reason
         decoded = False
     else:
-        assert out.shape == (3, 8, 8) and out.dtype == np.uint8
+        assert out.shape[0] == 3 and min(out.shape[1:]) == 8 and out.dtype == np.uint8  # aspect kept
         decoded = True
     data = load_folder(folder, 8, max_bad_fraction=0.5)
-    assert data.images.shape[1:] == (3, 8, 8)
+    sides = data.images.sizes.min(1).values if hasattr(data.images, "sizes") else [min(data.images.shape[2:])]
+    assert all(int(side) == 8 for side in sides)  # every image at the stored side, aspect kept
     listed_bad = [Path(f).name for f in data.bad_files]
     assert (len(data), listed_bad) == ((2, []) if decoded else (1, [f"x{suffix}"]))
 

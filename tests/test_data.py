@@ -17,20 +17,21 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from simclr.data import (
-    FolderStream,
     ImageData,
     channel_stats,
     dataset_stats,
     detect_format,
     load_dataset,
     make_batch_source,
-    open_folder_stream,
 )
+from simclr.data.access import take
 from simclr.data.cifar import safe_unpickle
 from simclr.data.folder import load_folder
 from simclr.data.idx import read_idx
 from simclr.data.npz import load_npz
+from simclr.data.packed import PackedImages
 from simclr.data.stl10 import read_stl_images, read_stl_labels
+from simclr.data.stream import ImageStream, open_image_stream
 from simclr.errors import SimCLRError
 
 RNG = np.random.default_rng(0)
@@ -112,6 +113,11 @@ def make_folder(root: Path) -> None:
     (root / "dog" / "empty.jpg").write_bytes(b"")
     (root / "dog" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     (root / "dog" / "notes.txt").write_text("not an image")
+
+
+def image_at(data: ImageData, i: int) -> torch.Tensor:
+    """Image ``i`` (C, H, W) of in-memory data, stacked or packed (folders of images of several sizes)."""
+    return data.images.image(i) if isinstance(data.images, PackedImages) else data.images[i]
 
 
 def assert_error(fn, *names: str) -> SimCLRError:
@@ -316,7 +322,11 @@ def test_stl10_errors_name_the_file(tmp_path, case, name, expect):
 def test_folder_classes_modes_and_bad_files(tmp_path):
     make_folder(tmp_path)
     data = load_dataset("folder", tmp_path, image_size=16, max_bad_fraction=0.5)
-    assert data.images.shape == (6, 3, 16, 16) and data.images.dtype == torch.uint8
+    assert len(data) == 6 and image_at(data, 0).dtype == torch.uint8
+    # each image keeps its aspect ratio, shorter side 16 (issue 17: views come from the whole image)
+    shapes = {name: tuple(image_at(data, i).shape) for i, name in enumerate(data.names)}
+    assert shapes["cat/rgb.png"] == (3, 16, 21) and shapes["cat/rgba.png"] == (3, 21, 16)
+    assert shapes["cat/gray.png"] == (3, 16, 16) and shapes["dog/photo.jpg"] == (3, 16, 27)
     assert data.classes == ["cat", "dog"]
     assert data.names == [
         "cat/gray.png",
@@ -328,7 +338,7 @@ def test_folder_classes_modes_and_bad_files(tmp_path):
     ]
     assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert sorted(Path(p).name for p in data.bad_files) == ["corrupt.jpg", "empty.jpg"]
-    centre = {name: data.images[i, :, 8, 8].tolist() for i, name in enumerate(data.names)}
+    centre = {name: image_at(data, i)[:, 8, 8].tolist() for i, name in enumerate(data.names)}
     assert centre["cat/gray.png"] == [77, 77, 77]
     assert centre["cat/rgb.png"] == [200, 10, 20]
     assert centre["cat/rgba.png"] == [128, 0, 0]  # composited on black
@@ -337,14 +347,18 @@ def test_folder_classes_modes_and_bad_files(tmp_path):
     assert all(abs(a - b) <= 6 for a, b in zip(centre["dog/photo.jpg"], [0, 0, 255], strict=True))
 
 
-def test_folder_resize_policy_is_shorter_side_then_centre_crop(tmp_path):
+def test_folder_resize_policy_keeps_the_aspect_ratio_up_to_two(tmp_path):
     bands = np.zeros((20, 60, 3), np.uint8)  # 60 wide, 20 high: red | green | blue vertical bands
     bands[:, :20, 0], bands[:, 20:40, 1], bands[:, 40:, 2] = 255, 255, 255
     Image.fromarray(bands).save(tmp_path / "bands.png")
     data = load_dataset("folder", tmp_path, image_size=10)
-    assert data.images.shape == (1, 3, 10, 10) and data.labels is None and data.classes is None
-    assert (data.images[0, 1] > 200).all() and (data.images[0, 0, :, 2:-2] < 30).all()
-    assert load_dataset("folder", tmp_path).images.shape == (1, 3, 224, 224)  # the documented default
+    # 3:1 is cropped to the 2:1 centre (columns 10-50), then the shorter side resized to 10: 10 x 20
+    assert data.images.shape == (1, 3, 10, 20) and data.labels is None and data.classes is None
+    image = data.images[0]
+    assert (image[0, :, :2] > 200).all() and (image[1, :, 8:12] > 200).all() and (image[2, :, -2:] > 200).all()
+    square = np.zeros((30, 40, 3), np.uint8)
+    Image.fromarray(square).save(tmp_path / "bands.png")
+    assert load_dataset("folder", tmp_path).images.shape == (1, 3, 224, 299)  # the documented default side
 
 
 def test_folder_errors(tmp_path):
@@ -366,21 +380,20 @@ def test_folder_split_subfolders(tmp_path):
         (tmp_path / split / "a").mkdir(parents=True)
         solid("RGB", (8, 8), (1, 2, 3)).save(tmp_path / split / "a" / "x.png")
     assert load_dataset("folder", tmp_path, split="test", image_size=8).names == ["a/x.png"]
-    assert open_folder_stream(tmp_path, split="test", image_size=8).files == [tmp_path / "val" / "a" / "x.png"]
+    assert list(open_image_stream(tmp_path, split="test", image_size=8).names) == ["a/x.png"]
     assert detect_format(tmp_path) == "folder"
 
 
 def test_folder_stream(tmp_path):
     make_folder(tmp_path)
-    stream = FolderStream(tmp_path, image_size=16, max_bad_fraction=0.5)
+    stream = ImageStream(tmp_path, image_size=16, max_bad_fraction=0.5)
     assert len(stream) == 7 and [Path(p).name for p in stream.bad_files] == ["empty.jpg"]  # zero-byte dropped
     memory = load_folder(tmp_path, 16, 0.5)
-    image, label, index = stream[0]
-    assert image.shape == (3, 16, 16) and label == 0 and index == 0
-    assert torch.equal(image, memory.images[0])
-    corrupt = stream.names.index("dog/corrupt.jpg")
-    image, label, index = stream[corrupt]  # replaced by the next decodable image, same shape
-    assert index == corrupt and torch.equal(image, memory.images[memory.names.index("dog/deep.png")])
+    good = [i for i, name in enumerate(stream.names) if name in memory.names]
+    streamed, s_sizes, labels = take(stream, good)  # the same decoding as the in-memory reader
+    held, m_sizes, _ = take(memory, [memory.names.index(stream.names[i]) for i in good])
+    assert labels[0] == 0 and torch.equal(streamed, held)
+    assert (s_sizes is None and m_sizes is None) or torch.equal(s_sizes, m_sizes)
 
 
 # ---- npz ------------------------------------------------------------------------------------------------
@@ -501,16 +514,17 @@ def test_batch_source_keeps_last_partial_batch():
     assert torch.equal(torch.cat([i for _, _, i in batches]), torch.arange(50))
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_streamed_source_matches_in_memory(tmp_path, workers):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_streamed_source_matches_in_memory(tmp_path, threads):
     for i in range(10):
         (tmp_path / f"c{i % 2}").mkdir(exist_ok=True)
-        solid("RGB", (12, 10), (i * 20, 0, 0)).save(tmp_path / f"c{i % 2}" / f"{i}.png")
+        solid("RGB", (12 + i, 10), (i * 20, 0, 0)).save(tmp_path / f"c{i % 2}" / f"{i}.png")  # several sizes
     memory = load_folder(tmp_path, 8)
-    streamed = make_batch_source(FolderStream(tmp_path, 8), 4, "cpu", seed=2, workers=workers)
+    streamed = make_batch_source(ImageStream(tmp_path, 8), 4, "cpu", seed=2, threads=threads)
     in_memory = make_batch_source(memory, 4, "cpu", seed=2)
-    for (xs, ys, i_s), (xm, ym, im) in zip(epoch(streamed, 1, start=1), epoch(in_memory, 1, start=1), strict=True):
-        assert torch.equal(i_s, im) and torch.equal(xs, xm) and torch.equal(ys, ym)
+    for s_batch, m_batch in zip(streamed, in_memory, strict=True):
+        assert torch.equal(s_batch.indices, m_batch.indices) and torch.equal(s_batch.labels, m_batch.labels)
+        assert torch.equal(s_batch.sizes, m_batch.sizes) and torch.equal(s_batch.images, m_batch.images)
 
 
 # ---- fuzzing: random bytes give SimCLRError, nothing else --------------------------------------------------

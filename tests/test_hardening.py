@@ -243,8 +243,8 @@ def test_embed_over_the_bad_image_threshold_writes_nothing(tiny_run, tmp_path, c
     _image_folder(tmp_path / "imgs", 6, bad=2)  # 1 bad in 6
     code = main(["embed", str(run), "--data", str(tmp_path / "imgs"), "--dataset", "folder", "--out",
                  str(tmp_path / "out" / "e"), "--device", "cpu"])  # fmt: skip
-    one_error_line(capsys, code, "im002.png", "cannot decode", "nothing written")
-    assert [p.name for p in (tmp_path / "out").iterdir()] == []
+    one_error_line(capsys, code, "im002.png", "cannot decode", "max_bad_fraction")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # nothing written
 
 
 # ---- 5. full or read-only disks: one line, no partial file ---------------------------------------------------

@@ -51,9 +51,11 @@ class DataConfig:
     path: str | None = None  # root folder or file; None = the dataset's default location
     train_split: str = "train"  # train | unlabeled | train+unlabeled (stl10)
     test_split: str = "test"
-    image_size: int | None = option(None, ge=1)  # side of the stored square images (folders); None = native
-    in_memory: bool | None = None  # None = auto: in memory when it fits, streamed otherwise
-    workers: int = option(2, ge=0)  # DataLoader worker processes for streamed folders
+    # stored side: array datasets are resized to image_size x image_size; folder images keep their aspect
+    # ratio with the shorter side image_size (default 224); None = native size (arrays)
+    image_size: int | None = option(None, ge=1)
+    in_memory: bool | None = None  # folders and tar shards: None = in memory when they fit (8 GiB), else streamed
+    workers: int = option(2, ge=0)  # decode threads of streamed folders and tar shards (0: one per core)
     download: bool = False  # fetch known datasets from their official addresses (needs a network)
     max_bad_fraction: float = option(0.01, ge=0, le=1)  # undecodable images allowed before the run fails
 

@@ -55,6 +55,11 @@ DEFAULT_EPOCHS = 30  # the paper trains 400 epochs on ImageNet; raise it where c
 TEMPERATURE_SELF, TEMPERATURE_BIG_TO_SMALL = 0.1, 1.0  # v2 section 2 (little sensitivity in between)
 
 
+def _views(transform, batch) -> Tensor:
+    """The evaluation transform of a batch (each image at its own size when the batch says so)."""
+    return transform(batch.images) if batch.sizes is None else transform(batch.images, batch.sizes)
+
+
 def distill_loss(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float, scale_by_t2: bool = False
 ) -> Tensor:
@@ -285,10 +290,12 @@ def distill(
     """
     from simclr.augment import Augment, finetune_augment_config
     from simclr.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
-    from simclr.data.source import epoch_permutation
+    from simclr.data.access import batches, take
+    from simclr.data.source import Batch, epoch_permutation
     from simclr.eval.features import evaluate_classifier, scaled_batch_size
+    from simclr.eval.training import run_epochs
     from simclr.optim import lr_at
-    from simclr.runtime import autocast, progress, resolve_device
+    from simclr.runtime import autocast, resolve_device
 
     t0 = time.perf_counter()
     o = validate(dataclasses.replace(options) if options is not None else DistillOptions())
@@ -327,17 +334,16 @@ def distill(
     batch = o.batch_size or scaled_batch_size(len(pool), tnet.config.train.batch_size)
     if batch > len(pool):
         raise SimCLRError(f"batch size {batch} exceeds the {len(pool)} unlabeled images")
-    steps_per_epoch = len(pool) // batch  # drop_last: train-mode BN wants full batches
-    total = o.epochs * steps_per_epoch
-    images, pool = train.images.to(device), pool.to(device)
+    # drop_last: train-mode BN wants full batches; the order of epoch e is epoch_permutation(seed, e)
+    source = batches(train, batch, device, shuffle=True, drop_last=True, seed=o.seed, subset=pool, with_labels=False)
+    total = o.epochs * len(source)
     labelled = None
     if o.alpha < 1:  # the only place labels are read
         labelled = _labelled_indices(teacher, train, o.labels, o.seed)
-        x_lab, y_lab = train.images[labelled].to(device), train.labels[labelled].to(device)
         batch_l = min(batch, len(labelled))
         chunks_l = len(labelled) // batch_l
     opt, peak_lr, wd, warmup, plain_scale = _optimizer(
-        student, o, tnet.config, init_info is None, tau, batch, steps_per_epoch
+        student, o, tnet.config, init_info is None, tau, batch, len(source)
     )
 
     # ---- views: crop + flip on the device; the same view goes to teacher and student -------------------
@@ -350,9 +356,8 @@ def distill(
     if o.cache_teacher:
         cache = torch.zeros(n, tnet.num_classes, device=device)
         with torch.no_grad(), mixed:
-            for start in range(0, len(pool), 512):
-                idx = pool[start : start + 512]
-                cache[idx] = tnet(transform(images[idx])).float()
+            for b in batches(train, 512, device, subset=pool, with_labels=False):
+                cache[b.indices.to(device)] = tnet(_views(transform, b)).float()
     view_gen = torch.Generator(device=device).manual_seed(o.seed)
     first_epoch, step, history = 0, 0, []
     if saved is not None:
@@ -362,73 +367,52 @@ def distill(
         first_epoch, step, history = saved["epoch"], saved["step"], saved["history"]
         del saved
 
-    def views(x: Tensor) -> Tensor:
-        return augment(x, generator=view_gen) if o.augment else transform(x)
+    def views(b) -> Tensor:
+        return augment(b.images, view_gen, b.sizes) if o.augment else _views(transform, b)
 
-    bar = progress(range(first_epoch, o.epochs), total=o.epochs - first_epoch, desc="distill")
-    for epoch in bar:
-        student.train()
-        perm = pool[epoch_permutation(len(pool), o.seed, epoch).to(device)]
-        loss_sum = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch : (i + 1) * batch]
-            with torch.no_grad():
-                x = views(images[idx])  # (B, 3, S, S)
-                if cache is not None:
-                    t_logits = cache[idx]
-                else:
-                    with mixed:
-                        t_logits = tnet(x).float()
-                if labelled is not None:  # this step's labelled chunk; the order is reshuffled every pass
-                    chunk, rnd = step % chunks_l, step // chunks_l
-                    lidx = epoch_permutation(len(labelled), o.seed + 1, rnd)[chunk * batch_l : (chunk + 1) * batch_l]
-                    lidx = lidx.to(device)
-                    x = torch.cat([x, views(x_lab[lidx])])  # (B + B_l, 3, S, S): one forward, shared BN
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, warmup, peak_lr) * group["lr_scale"]
-            with mixed:
-                logits = student(x).float()
-            loss = distill_objective(
-                logits[:batch],
-                t_logits,
-                tau,
-                o.alpha,
-                labeled_logits=logits[batch:] if labelled is not None else None,
-                labels=y_lab[lidx] if labelled is not None else None,
-                scale_by_t2=o.scale_by_t2,
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            step += 1
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / max(1, steps_per_epoch)}
-        if not math.isfinite(record["loss"]):
-            raise SimCLRError(f"distillation diverged at epoch {epoch + 1} (loss {record['loss']}); lower --lr")
-        if (epoch + 1) % max(1, o.eval_every) == 0 or epoch + 1 == o.epochs:
-            record["top1"], record["top5"] = evaluate_classifier(
-                student, test.images, test.labels, transform, 512, device, desc=None
-            )
-            bar.set_postfix(loss=f"{record['loss']:.3f}", top1=f"{record['top1']:.2f}")
-        history.append(record)
+    def step_loss(b, step: int) -> Tensor:
+        with torch.no_grad():
+            x = views(b)  # (B, 3, S, S)
+            if cache is not None:
+                t_logits = cache[b.indices.to(device)]
+            else:
+                with mixed:
+                    t_logits = tnet(x).float()
+            y_lab = None
+            if labelled is not None:  # this step's labelled chunk; the order is reshuffled every pass
+                chunk, rnd = step % chunks_l, step // chunks_l
+                order = epoch_permutation(len(labelled), o.seed + 1, rnd)
+                lidx = labelled[order[chunk * batch_l : (chunk + 1) * batch_l]]
+                images, sizes, y_lab = take(train, lidx)
+                on_device = None if sizes is None else sizes.to(device)
+                lab_batch = Batch(images.to(device), y_lab.to(device), lidx, on_device)
+                x = torch.cat([x, views(lab_batch)])  # (B + B_l, 3, S, S): one forward, shared BN
+                y_lab = lab_batch.labels
+        with mixed:
+            logits = student(x).float()
+        return distill_objective(
+            logits[:batch], t_logits, tau, o.alpha,
+            labeled_logits=logits[batch:] if labelled is not None else None, labels=y_lab, scale_by_t2=o.scale_by_t2,
+        )  # fmt: skip
+
+    def save_state(epoch: int, step: int, history: list) -> None:
         if state_path is not None:
             save_checkpoint(
                 {
-                    "kind": "distill-state",
-                    "options": dataclasses.asdict(o),
-                    "teacher_sha256": teacher.sha256,
-                    "student_config": config_to_dict(scfg),
-                    "from_head_layer": k,
-                    "init": init_info,
-                    "student": student.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "view_rng": view_gen.get_state(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "history": history,
+                    "kind": "distill-state", "options": dataclasses.asdict(o), "teacher_sha256": teacher.sha256,
+                    "student_config": config_to_dict(scfg), "from_head_layer": k, "init": init_info,
+                    "student": student.state_dict(), "optimizer": opt.state_dict(), "view_rng": view_gen.get_state(),
+                    "epoch": epoch + 1, "step": step, "history": history,
                 },
                 state_path,
-            )
+            )  # fmt: skip
+
+    history, step = run_epochs(
+        student, opt, source, step_loss, lambda step: lr_at(step, total, warmup, peak_lr),
+        lambda: evaluate_classifier(student, test, None, transform, 512, device, desc=None),
+        epochs=o.epochs, eval_every=o.eval_every, desc="distill", what="distillation", first_epoch=first_epoch,
+        step=step, history=history, after_epoch=save_state,
+    )  # fmt: skip
     if not history or "top1" not in history[-1]:
         raise SimCLRError("distillation ran no epoch (epochs = 0?)")
 
@@ -560,7 +544,7 @@ def distill_command(
     ``out`` defaults to ``FT_DIR/distill-<student>``. Prints one line; returns :func:`distill`'s dict.
     """
     from simclr.checkpoint import load_pretrained
-    from simclr.data import load_dataset
+    from simclr.data.access import open_split, without_labels
     from simclr.runtime import resolve_device
 
     o = validate(DistillOptions(student_arch=student, student_width=student_width, **options))
@@ -569,12 +553,13 @@ def distill_command(
     d = t.net.config.data
     name = dataset or d.dataset
     root = data if data is not None else (d.path if name == d.dataset else None)
-    train = load_dataset(name, root, split=unlabeled_split, image_size=d.image_size, download=d.download)
-    test = load_dataset(name, root, split=d.test_split, image_size=d.image_size, download=d.download)
+    kw = dict(in_memory=d.in_memory, download=d.download, max_bad_fraction=d.max_bad_fraction)
+    train = open_split(name, root, unlabeled_split, d.image_size, **kw)
+    test = open_split(name, root, d.test_split, d.image_size, **kw)
     if test.labels is None:
         raise SimCLRError(f"{test.source}: the test split has no labels to evaluate with")
     if o.alpha >= 1:  # distillation alone: the train labels are dropped, so nothing can read them
-        train = dataclasses.replace(train, labels=None)
+        train = without_labels(train)
     elif unlabeled_split != "train":
         raise SimCLRError("alpha < 1 needs --unlabeled-split train (the split the teacher's labels index)")
     init = None if student_init == "scratch" else load_pretrained(student_init, dev)

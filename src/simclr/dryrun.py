@@ -201,16 +201,18 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
     import torch
 
     from simclr.config import micro_batch_images
-    from simclr.data.base import channel_stats
     from simclr.runtime import resolve_device, set_kernel_flags
     from simclr.step import build_parts
 
     device = resolve_device(cfg.train.device)
     set_kernel_flags(device, cfg.train.deterministic)  # as the engine: the estimate is of the real run
     data, note = bench_data(cfg, synthetic=None, random_images=64)
-    shape = tuple(data.images.shape[1:])
-    image_size = cfg.model.input_size or shape[-1]
-    mean, std = channel_stats(data.images)
+    from simclr.data.access import data_stats, stored_side
+
+    side = stored_side(data)
+    shape = (data.images.shape[1] if hasattr(data, "images") else 3, side, side)  # measured as square images
+    image_size = cfg.model.input_size or side
+    mean, std = data_stats(data)
     num_classes = int(data.labels.max()) + 1 if data.labels is not None else None
     micro = cfg.train.micro_batch if micro_batch_images(cfg.train) else None  # checks the key as pretrain does
     parts = build_parts(cfg, image_size, num_classes, device, steps_per_epoch=1000, mean=mean, std=std)
@@ -236,7 +238,7 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
         out(f"  gradient caching: {passes}{ckpt}{bound}")
 
     if device.type == "cuda":
-        resident = data.images.to(device)  # the engine keeps the whole uint8 dataset on the GPU
+        resident = data.images.to(device) if hasattr(data, "images") else None  # in memory: held on the GPU
         largest, fit = None, _fits(parts, shape, batch, device, steps, warmup)
         if fit is not None:
             step_s, peak = fit

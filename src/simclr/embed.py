@@ -26,78 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from simclr.data import ImageData, detect_format, load_dataset, open_folder_stream
-from simclr.data.folder import FolderStream
+from simclr.data.access import Data, batches, open_images
 from simclr.errors import SimCLRError
 from simclr.files import atomic_path, folder_lock
-
-
-def open_images(
-    dataset: str,
-    path: str | os.PathLike | None,
-    split: str = "train",
-    image_size: int | None = None,
-    download: bool = False,
-) -> ImageData | FolderStream:
-    """Image folders as a :class:`FolderStream` (decoded on demand), every other format in memory."""
-    kind = dataset
-    if dataset == "auto" and path is not None:
-        kind = detect_format(path)
-    if kind == "folder":
-        if path is None:
-            raise SimCLRError("dataset 'folder' needs a path (--data)")
-        return open_folder_stream(path, split, image_size)
-    return load_dataset(kind, path, split=split, image_size=image_size, download=download)
-
-
-def take(data: ImageData | FolderStream, indices: Tensor | list[int]) -> tuple[Tensor, Tensor | None]:
-    """uint8 images (n, C, H, W) and labels (n,) or None of the given ``indices``."""
-    idx = torch.as_tensor(indices, dtype=torch.int64)
-    labels = data.labels[idx] if data.labels is not None else None
-    if isinstance(data, FolderStream):
-        images = torch.stack([data[int(i)][0] for i in idx]) if len(idx) else torch.empty(0, 3, 1, 1)
-        return images, labels
-    return data.images[idx], labels
-
-
-def sample_indices(n: int, k: int, seed: int = 0) -> Tensor:
-    """``min(n, k)`` distinct indices of ``range(n)``, seeded, in increasing order."""
-    if k >= n:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=g)[:k].sort().values
-
-
-class _Strict(torch.utils.data.Dataset):
-    """A :class:`FolderStream` that never substitutes: ``(image or zeros, decoded ok, index)`` per file."""
-
-    def __init__(self, stream: FolderStream) -> None:
-        self.stream = stream
-
-    def __len__(self) -> int:
-        return len(self.stream)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, bool, int]:
-        from simclr.data.folder import BadImage, decode_image
-
-        size = self.stream.image_size
-        try:
-            return torch.from_numpy(decode_image(self.stream.files[i], size)), True, i
-        except BadImage:
-            return torch.zeros(3, size, size, dtype=torch.uint8), False, i
-
-
-def _batches(data: ImageData | FolderStream, batch_size: int, workers: int):
-    """(images uint8, decoded ok (bool), indices) batches in dataset order; rows that failed are not ok."""
-    if isinstance(data, FolderStream):
-        loader = torch.utils.data.DataLoader(_Strict(data), batch_size=batch_size, shuffle=False, num_workers=workers)
-        yield from loader
-    else:
-        for start in range(0, len(data), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(data)))
-            yield data.images[start : start + batch_size], torch.ones(len(idx), dtype=torch.bool), idx
 
 
 def output_base(out: str | os.PathLike) -> Path:
@@ -156,22 +88,28 @@ def _write_embeddings(model, images, transform, base: Path, dim: int, which: str
 
     n = len(images)
     npy = base.with_suffix(".npy")
-    batches = _batches(images, batch_size, cfg.data.workers if n > batch_size else 0)  # no workers for a few
+    # Streamed folders flag an undecodable image (valid False) instead of substituting the next one: its row
+    # is left out, and past data.max_bad_fraction the stream stops with one line.
+    source = batches(images, batch_size, dev, on_bad="flag", threads=cfg.data.workers or None)
     kept: list[int] = []
     with atomic_path(npy, "embeddings") as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         with torch.inference_mode():
-            for x, ok, idx in progress(batches, total=-(-n // batch_size), desc=f"embed {which}", enabled=None):
-                views = transform(x[ok].to(dev, non_blocking=True))
-                if len(views):
+            for batch in progress(source, total=len(source), desc=f"embed {which}"):
+                ok = batch.valid if batch.valid is not None else torch.ones(len(batch.indices), dtype=torch.bool)
+                ok = ok.to(batch.images.device)
+                x, sizes = batch.images[ok], None if batch.sizes is None else batch.sizes[ok]
+                if len(x):
+                    views = transform(x) if sizes is None else transform(x, sizes)
                     h, z = model(views) if which == "z" else (model.encoder(views), None)
                     array[len(kept) : len(kept) + len(views)] = (h if which == "h" else z).float().cpu().numpy()
-                kept.extend(idx[ok].tolist())
+                kept.extend(batch.indices[ok.to(batch.indices.device)].tolist())
         array.flush()
         del array
         bad = sorted(set(range(n)) - set(kept))
-        _check_skipped(images, bad, n, cfg.data.max_bad_fraction)
         if bad:  # rows of the undecodable files are dropped, never filled with another image
+            print(f"simclr embed: skipped {len(bad)} undecodable image(s), e.g. {_location(images, bad[0])}; "
+                  "their rows are left out", file=sys.stderr)  # fmt: skip
             _truncate_rows(tmp, len(kept), dim)
     written = {"npy": npy}
     try:
@@ -185,17 +123,9 @@ def _write_embeddings(model, images, transform, base: Path, dim: int, which: str
     return written
 
 
-def _check_skipped(images, bad: list[int], n: int, max_bad_fraction: float) -> None:
-    if not bad:
-        return
-    first = images.files[bad[0]] if isinstance(images, FolderStream) else bad[0]
-    if len(bad) == n or len(bad) / n > max_bad_fraction:
-        raise SimCLRError(
-            f"{first}: cannot decode image; {len(bad)} of {n} images are bad "
-            f"(> data.max_bad_fraction {max_bad_fraction:.1%}); nothing written"
-        )
-    print(f"simclr embed: skipped {len(bad)} undecodable image(s), e.g. {first}; their rows are left out",
-          file=sys.stderr)  # fmt: skip
+def _location(images: Data, i: int) -> str:
+    index = getattr(images, "index", None)
+    return index.location(i) if index is not None else str(i)
 
 
 def _truncate_rows(path: Path, rows: int, dim: int) -> None:
@@ -211,7 +141,7 @@ def _truncate_rows(path: Path, rows: int, dim: int) -> None:
     os.replace(short, path)
 
 
-def _rows(images: ImageData | FolderStream, kept: list[int]):
+def _rows(images: Data, kept: list[int]):
     names = images.names
     labels = images.labels.tolist() if images.labels is not None else None
     classes = images.classes
@@ -221,7 +151,7 @@ def _rows(images: ImageData | FolderStream, kept: list[int]):
         yield i, names[i] if names is not None else str(i), label, cls
 
 
-def _write_table(base: Path, images: ImageData | FolderStream, kept: list[int], emb: np.ndarray | None) -> Path:
+def _write_table(base: Path, images: Data, kept: list[int], emb: np.ndarray | None) -> Path:
     """``base.csv`` (metadata only) when ``emb`` is None, else ``base.parquet`` with an embedding column.
 
     Row r describes the dataset image ``kept[r]`` (its ``index`` column), the image of embedding row r.
@@ -272,4 +202,4 @@ def embed_command(
     return 0
 
 
-__all__ = ["embed_command", "embed_dataset", "open_images", "output_base", "sample_indices", "take"]
+__all__ = ["embed_command", "embed_dataset", "output_base"]

@@ -20,8 +20,7 @@ import torch
 
 from simclr.augment import EvalTransform
 from simclr.config import Config, config_from_dict, dump_config, flatten_dict, micro_batch_images, resume_config
-from simclr.data import ImageData, load_dataset, make_batch_source
-from simclr.data.base import channel_stats
+from simclr.data.access import Data, batches, data_stats, open_split, stored_side
 from simclr.distributed import DistInfo, all_reduce_max, barrier, cleanup, init_distributed
 from simclr.errors import SimCLRError
 from simclr.files import folder_lock, make_folder, write_text
@@ -40,11 +39,12 @@ from simclr.runtime import resolve_device, set_kernel_flags
 from simclr.step import PretrainModule, build_parts, step_objective, train_step
 
 
-def load_training_data(cfg: Config) -> ImageData:
-    """The pretraining images (labels kept, if any, for the online probe only)."""
+def load_training_data(cfg: Config) -> Data:
+    """The pretraining images (labels kept, if any, for the online probe only): in memory, or streamed when
+    a folder is too large (``data.in_memory``)."""
     d = cfg.data
-    return load_dataset(
-        d.dataset, d.path, split=d.train_split, image_size=d.image_size, download=d.download,
+    return open_split(
+        d.dataset, d.path, d.train_split, d.image_size, in_memory=d.in_memory, download=d.download,
         max_bad_fraction=d.max_bad_fraction,
     )  # fmt: skip
 
@@ -110,16 +110,16 @@ def _train(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) -> di
 
     # ---- data: uint8 images, held on the device when they fit ------------------------------------------
     data = load_training_data(cfg)
-    image_size = cfg.model.input_size or data.images.shape[-1]
-    mean, std = channel_stats(data.images)
+    image_size = cfg.model.input_size or stored_side(data)
+    mean, std = data_stats(data)
     num_classes = int(data.labels.max()) + 1 if data.labels is not None else None
-    source = make_batch_source(
+    source = batches(
         data, t.batch_size, device, shuffle=True, drop_last=True, seed=t.seed, rank=dist.rank,
-        world_size=dist.world_size, workers=cfg.data.workers,
+        world_size=dist.world_size, threads=cfg.data.workers or None,
     )  # fmt: skip
     steps_per_epoch = len(source)
     if steps_per_epoch == 0:
-        raise SimCLRError(f"{data.source}: {len(data.images)} images are fewer than one batch of {t.batch_size}")
+        raise SimCLRError(f"{data.source}: {len(data)} images are fewer than one batch of {t.batch_size}")
 
     # ---- the trainable parts (model, optimizer, augmentation, memory), restored on resume --------------
     def nchw_notice(kept: list[str]) -> None:
@@ -152,7 +152,7 @@ def _train(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) -> di
     if dist.is_main:
         n_params = sum(p.numel() for p in parts.model.encoder.parameters()) / 1e6
         print(
-            f"simclr pretrain: {len(data.images)} images {tuple(data.images.shape[1:])} from {data.source}, "
+            f"simclr pretrain: {len(data)} images (stored side {stored_side(data)}) from {data.source}, "
             f"{cfg.model.arch} x{cfg.model.width_multiplier} ({n_params:.2f}M encoder params), batch "
             f"{t.batch_size}, {t.epochs} epochs = {parts.total_steps} steps, peak lr {parts.peak_lr:.4g}, "
             f"device {device}, run folder {run_dir}",

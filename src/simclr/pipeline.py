@@ -187,6 +187,7 @@ def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | Non
     ``{"status": "interrupted"}`` when pretraining was stopped by a signal (run again to resume).
     """
     from simclr.checkpoint import load_pretrained
+    from simclr.data.access import without_labels
     from simclr.distill import DistillOptions
     from simclr.eval.features import load_eval_data, scaled_batch_size
     from simclr.eval.finetune import finetune
@@ -216,7 +217,7 @@ def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | Non
     device = resolve_device(cfg.train.device)
     pre = load_pretrained(out / "pretrain", device)
     train, test, name = load_eval_data(pre.config)
-    unlabeled = dataclasses.replace(train, labels=None)  # what distillation sees with alpha = 1
+    unlabeled = without_labels(train)  # what distillation sees with alpha = 1
     results: dict[str, dict[str, dict[str, Any]]] = {key: {} for key, _ in ROWS}
 
     results["linear"]["100%"] = _stage(

@@ -33,8 +33,8 @@ def predict(
     (``n``, and ``top1`` / ``topk`` accuracy in percent when the images are labelled with the model's classes).
     """
     from simclr.data import detect_format
-    from simclr.data.folder import FolderStream
-    from simclr.embed import _batches, open_images
+    from simclr.data.access import batches, open_images
+    from simclr.data.stream import ImageStream
     from simclr.eval.finetune import load_classifier
     from simclr.imagenet import class_names
     from simclr.runtime import progress, resolve_device
@@ -54,7 +54,7 @@ def predict(
         and Path(data).is_dir()
         and detect_format(data) == "folder"
     ):
-        images = FolderStream(Path(data).expanduser(), side)  # the folder given, not one of its splits
+        images = ImageStream(Path(data).expanduser(), side)  # the folder given, not one of its splits
     else:
         images = open_images(dataset or "auto", data, split or "test", side)
     if len(images) == 0:
@@ -84,13 +84,16 @@ def predict(
             + [f"top{i + 1}_index" for i in range(k)]
             + [f"top{i + 1}_prob" for i in range(k)]
         )
-        total = -(-len(images) // batch_size)
-        for x, ok, idx in progress(_batches(images, batch_size, cfg.data.workers), total=total, desc="predict"):
-            x, idx = x[ok], idx[ok]  # undecodable images get no row (and are counted below)
+        source = batches(images, batch_size, dev, on_bad="flag", threads=cfg.data.workers or None)
+        for batch in progress(source, total=len(source), desc="predict"):
+            ok = batch.valid.cpu() if batch.valid is not None else torch.ones(len(batch.indices), dtype=torch.bool)
+            idx = batch.indices.cpu()[ok]  # undecodable images get no row (and are counted below)
             skipped += int((~ok).sum())
             if len(idx) == 0:
                 continue
-            probs = net(transform(x.to(dev))).float().softmax(dim=1).cpu()
+            x = batch.images[ok.to(dev)]
+            sizes = None if batch.sizes is None else batch.sizes[ok.to(dev)]
+            probs = net(transform(x) if sizes is None else transform(x, sizes)).float().softmax(dim=1).cpu()
             p, top = probs.topk(k, dim=1)
             labels = images.labels[idx] if images.labels is not None else None
             if same:

@@ -55,21 +55,31 @@ def to_display(x: Tensor) -> Tensor:
     return x.clamp(0, 1).permute(0, 2, 3, 1).cpu()
 
 
-def view_pairs(images: Tensor, cfg: AugmentConfig, out_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Two views of each uint8 image (B, C, H, W), un-normalised: float (B, 3, S, S) in [0, 1] each."""
+def view_pairs(
+    images: Tensor, cfg: AugmentConfig, out_size: int, seed: int = 0, sizes: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Two views of each uint8 image (B, C, H, W) (``sizes``: a canvas of images of several sizes),
+    un-normalised: float (B, 3, S, S) in [0, 1] each."""
     from simclr.augment import Augment
 
     aug = Augment(dataclasses.replace(cfg, normalize=False), out_size)
     g = torch.Generator().manual_seed(seed)
-    v1, v2 = aug.two_views(images, g)
+    v1, v2 = aug.two_views(images, g, sizes)
     return v1.clamp(0, 1), v2.clamp(0, 1)
 
 
 def augmentation_figure(
-    images: Tensor, cfg: AugmentConfig, out_size: int, seed: int = 0, title: str | None = None, per_row: int = 1
+    images: Tensor,
+    cfg: AugmentConfig,
+    out_size: int,
+    seed: int = 0,
+    title: str | None = None,
+    per_row: int = 1,
+    sizes: Tensor | None = None,
 ):
-    """A figure of ``per_row`` (image, view 1, view 2) triples per row, one triple per image of ``images``."""
-    v1, v2 = view_pairs(images, cfg, out_size, seed)
+    """A figure of ``per_row`` (image, view 1, view 2) triples per row, one triple per image of ``images``
+    (a canvas with ``sizes`` for images of several sizes: the views come from each whole image)."""
+    v1, v2 = view_pairs(images, cfg, out_size, seed, sizes)
     pics = (to_display(images), to_display(v1), to_display(v2))
     names = ("image", "view 1", "view 2")
     n = images.shape[0]
@@ -247,7 +257,7 @@ def show_augmentations_command(
     (``--set data.download=true`` fetches a known dataset first).
     """
     from simclr.config import load_config
-    from simclr.embed import open_images, sample_indices, take
+    from simclr.data.access import open_images, sample_indices, stored_side, take
 
     if n < 1:
         raise SimCLRError(f"show-augmentations: -n must be at least 1, got {n}")
@@ -260,9 +270,9 @@ def show_augmentations_command(
         extra.append("data.dataset=auto")
     cfg = load_config(preset=preset, path=config, overrides=extra + list(overrides))
     source = open_images(cfg.data.dataset, cfg.data.path, split, cfg.data.image_size, cfg.data.download)
-    images, _ = take(source, sample_indices(len(source), n, seed))
-    size = cfg.model.input_size or images.shape[-1]
-    fig = augmentation_figure(images, cfg.augment, size, seed)
+    images, sizes, _ = take(source, sample_indices(len(source), n, seed))
+    size = cfg.model.input_size or stored_side(source)
+    fig = augmentation_figure(images, cfg.augment, size, seed, sizes=sizes)
     path = save_figure(fig, out or "augmentations.png")
     print(f"simclr show-augmentations: {len(images)} images from {source.source} -> {path}")
     return 0

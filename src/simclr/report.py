@@ -271,11 +271,10 @@ def _run_facts(run: Path, cfg) -> str:
 
 
 def _load_split(cfg, split: str, n: int, seed: int):
-    from simclr.embed import open_images, sample_indices, take
+    from simclr.data.access import open_images, sample_indices, take_square
 
     data = open_images(cfg.data.dataset, cfg.data.path, split, cfg.data.image_size)
-    idx = sample_indices(len(data), n, seed)
-    images, labels = take(data, idx)
+    images, labels = take_square(data, sample_indices(len(data), n, seed))  # folders: each centre square
     return images, labels, data.classes, data.source
 
 

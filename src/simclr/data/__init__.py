@@ -1,8 +1,10 @@
 """Data readers: every format becomes uint8 images (N, C, H, W) and int64 labels (N,) or None.
 
-``load_dataset(name, path, split)`` is the entry point; the readers per format live in ``idx`` (MNIST,
-Fashion-MNIST), ``cifar``, ``stl10``, ``folder`` (image folders, and the streaming ``FolderStream``) and
-``npz``; ``download`` fetches known datasets; ``source`` turns data into the batches the engine iterates.
+``access.open_split`` is what the stages call: ``load_dataset(name, path, split)`` (in memory) or, for
+image folders and tar shards too large for memory, ``stream.ImageStream`` (``index``, ``decode``). The
+readers per format live in ``idx`` (MNIST, Fashion-MNIST), ``cifar``, ``stl10``, ``folder`` (image folders,
+kept at their aspect ratio, ``packed``) and ``npz``; ``download`` fetches known datasets; ``source`` turns
+data into the batches every stage iterates.
 
 Default locations: Fashion-MNIST is looked for in ``/usr/share/datasets/fashion-mnist`` (the Debian
 package). Otherwise, and for every other known dataset, a missing ``path`` means the download cache
@@ -17,7 +19,7 @@ from pathlib import Path
 from simclr.data.base import KNOWN_STATS, ImageData, channel_stats, dataset_stats, resize_square
 from simclr.data.cifar import is_cifar_folder, load_cifar
 from simclr.data.download import DATASETS, download_dataset
-from simclr.data.folder import DEFAULT_IMAGE_SIZE, FolderStream, load_folder
+from simclr.data.folder import DEFAULT_IMAGE_SIZE, load_folder
 from simclr.data.idx import FASHION_CLASSES, MNIST_CLASSES, has_idx_files, load_idx
 from simclr.data.npz import load_npz
 from simclr.data.source import BatchSource, make_batch_source
@@ -93,16 +95,6 @@ def _folder_split(root: Path, split: str) -> Path:
     raise file_error(root / split, f"no {split!r} split folder in this image folder")
 
 
-def open_folder_stream(
-    path: str | os.PathLike,
-    split: str = "train",
-    image_size: int | None = None,
-    max_bad_fraction: float = 0.01,
-) -> FolderStream:
-    """An image folder as a :class:`FolderStream` (decoded on demand), with ``load_dataset``'s split rule."""
-    return FolderStream(_folder_split(Path(path).expanduser(), split), image_size, max_bad_fraction)
-
-
 def load_dataset(
     name: str,
     path: str | os.PathLike | None = None,
@@ -147,7 +139,6 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "KNOWN_STATS",
     "BatchSource",
-    "FolderStream",
     "ImageData",
     "cache_dir",
     "channel_stats",
@@ -161,5 +152,4 @@ __all__ = [
     "load_npz",
     "load_stl10",
     "make_batch_source",
-    "open_folder_stream",
 ]

@@ -34,12 +34,14 @@ KNOWN_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 class ImageData:
     """A dataset held in memory: the contract between readers and everything downstream.
 
-    ``images`` uint8 (N, C, H, W); ``labels`` int64 (N,) or None; ``classes[label]`` is the class name;
+    ``images`` uint8 (N, C, H, W), or for image folders whose images differ in size a
+    :class:`~simclr.data.packed.PackedImages` (each image at its own size, shorter side the stored side);
+    ``labels`` int64 (N,) or None; ``classes[label]`` is the class name;
     ``names`` are file names relative to the folder (image folders only); ``source`` says where the data
     came from; ``bad_files`` lists images that were skipped because they could not be decoded.
     """
 
-    images: Tensor
+    images: Tensor  # or PackedImages
     labels: Tensor | None
     classes: list[str] | None
     names: list[str] | None
@@ -47,7 +49,7 @@ class ImageData:
     bad_files: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        return len(self.images)
 
 
 def read_file(path: str | os.PathLike) -> bytes:

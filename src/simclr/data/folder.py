@@ -13,13 +13,15 @@ Conversion policy, applied to every image:
   32-bit integer images are scaled from the 0..65535 range (value / 257); float images are clipped to 0..255;
   palette images are expanded through their palette; images with transparency (RGBA, LA, palette with a
   transparent colour) are **composited on black**: rgb x alpha / 255.
-- Resized so the shorter side is ``image_size`` (bicubic, antialiased) and centre-cropped to
-  ``image_size x image_size``. ``image_size=None`` means ``DEFAULT_IMAGE_SIZE`` (224).
+- The aspect ratio is kept: the shorter side is resized to ``image_size`` (bicubic, antialiased), the
+  longer side alike; a longer side beyond twice the shorter is centre-cropped to that (one panorama must not
+  widen a whole batch). ``image_size=None`` means ``DEFAULT_IMAGE_SIZE`` (224). Views are later cropped from
+  the whole stored image, as the official input pipeline crops from the whole decoded image.
 
 Bad images (zero bytes, truncated, not decodable) are skipped, counted and listed in
-``ImageData.bad_files``; more than ``max_bad_fraction`` of them is an error naming the first one.
-:class:`FolderStream` is the same reader as a torch Dataset that decodes on demand, for folders too large to
-hold in memory.
+``ImageData.bad_files``; more than ``max_bad_fraction`` of them is an error naming the first one. Folders too
+large for memory are read by :class:`~simclr.data.stream.ImageStream` with the same decoding
+(:mod:`simclr.data.decode`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-from torch import Tensor
-from torch.utils.data import Dataset
+from PIL import Image
 
 from simclr.data.base import ImageData
 from simclr.errors import SimCLRError, file_error
@@ -100,25 +100,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
-    """Decode one file into uint8 (3, S, S) per the module's policy; raises :class:`BadImage` on failure."""
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (image_size, image_size))  # let libjpeg downscale by 1/2..1/8 while decoding
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            w, h = img.size
-            scale = image_size / min(w, h)
-            new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-            img = img.resize((new_w, new_h), Image.BICUBIC, reducing_gap=3.0)
-            left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-            img = img.crop((left, top, left + image_size, top + image_size))
-            return np.array(img, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W), writable
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            raise BadImage("zero-byte file") from None
-        raise BadImage(str(e).splitlines()[0][:120] if str(e) else type(e).__name__) from None
+    """Decode one file into uint8 (3, H, W) per the module's policy (shorter side ``image_size``, aspect
+    kept); raises :class:`BadImage` on failure."""
+    from simclr.data.decode import DEFAULT_MAX_ASPECT, decode_image_bytes
+
+    return decode_image_bytes(_read(Path(path)), image_size, DEFAULT_MAX_ASPECT).transpose(2, 0, 1).copy()
 
 
 def _check_bad(root: Path, bad: list[tuple[str, str]], total: int, max_bad_fraction: float) -> None:
@@ -140,22 +126,27 @@ def load_folder(
     max_bad_fraction: float = 0.01,
     threads: int | None = None,
 ) -> ImageData:
-    """Decode every image under ``root`` into memory: uint8 (N, 3, S, S) with S = ``image_size`` or 224.
+    """Decode every image under ``root`` into memory, each keeping its aspect ratio.
 
-    Decoding runs in a small thread pool (PIL releases the GIL while decoding and resizing). Labels come from
-    class sub-folders (None for a flat folder); ``names`` are paths relative to ``root``.
+    Shorter side ``image_size`` (default 224), the longer side scaled alike (beyond twice the shorter it is
+    centre-cropped, see :mod:`simclr.data.decode`). Images of one shape are stacked into a tensor (N, 3,
+    H, W); otherwise they are packed (:class:`~simclr.data.packed.PackedImages`), and batches carry each
+    image's size so that views are cropped from the whole image. Decoding runs in a small thread pool
+    (the decoders release the GIL). Labels come from class sub-folders (None for a flat folder); ``names``
+    are paths relative to ``root``.
     """
+    from simclr.data.decode import DEFAULT_MAX_ASPECT, decode_image_bytes
+    from simclr.data.packed import PackedImages
+
     root = Path(root)
     size = image_size or DEFAULT_IMAGE_SIZE
     files, labels, classes = scan_folder(root)
-    out = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
-    ok = np.zeros(len(files), dtype=bool)
+    arrays: list[np.ndarray | None] = [None] * len(files)
     bad: list[tuple[str, str]] = []
 
     def work(i: int) -> None:
         try:
-            out[i] = torch.from_numpy(decode_image(files[i], size))
-            ok[i] = True
+            arrays[i] = decode_image_bytes(_read(files[i]), size, DEFAULT_MAX_ASPECT)
         except BadImage as e:
             bad.append((os.fspath(files[i]), str(e)))
 
@@ -164,53 +155,19 @@ def load_folder(
         list(pool.map(work, range(len(files))))
     bad.sort()
     _check_bad(root, bad, len(files), max_bad_fraction)
-    keep = torch.from_numpy(np.flatnonzero(ok))
-    images = out if len(keep) == len(files) else out.index_select(0, keep)
-    names = [files[i].relative_to(root).as_posix() for i in keep.tolist()]
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    kept = [arrays[i] for i in keep]
+    if len({a.shape for a in kept}) == 1:
+        images = torch.from_numpy(np.stack(kept).transpose(0, 3, 1, 2).copy())  # one shape: a plain tensor
+    else:
+        images = PackedImages.from_arrays(kept)
+    names = [files[i].relative_to(root).as_posix() for i in keep]
     label_tensor = torch.tensor(labels, dtype=torch.int64)[keep] if labels is not None else None
     return ImageData(images, label_tensor, classes, names, os.fspath(root), [p for p, _ in bad])
 
 
-class FolderStream(Dataset):
-    """An image folder decoded on demand (in DataLoader workers), for folders too large for memory.
-
-    ``dataset[i]`` is ``(image uint8 (3, S, S), label int64 (-1 when unlabeled), i)``. Zero-byte files are
-    dropped when the folder is scanned (listed in ``bad_files``). A file that fails to decode later is
-    replaced by the next decodable image in folder order, with a warning, so batch shapes never change.
-    """
-
-    def __init__(self, root: str | os.PathLike, image_size: int | None = None, max_bad_fraction: float = 0.01):
-        self.root = Path(root)
-        self.image_size = image_size or DEFAULT_IMAGE_SIZE
-        files, labels, classes = scan_folder(self.root)
-        empty = [f for f in files if f.stat().st_size == 0]
-        _check_bad(self.root, [(os.fspath(f), "zero-byte file") for f in empty], len(files), max_bad_fraction)
-        keep = [i for i, f in enumerate(files) if f.stat().st_size > 0] if empty else list(range(len(files)))
-        self.files = [files[i] for i in keep]
-        self.labels = torch.tensor([labels[i] for i in keep], dtype=torch.int64) if labels is not None else None
-        self.classes = classes
-        self.names = [f.relative_to(self.root).as_posix() for f in self.files]
-        self.source = os.fspath(self.root)
-        self.bad_files = [os.fspath(f) for f in empty]
-        self.max_bad_fraction = max_bad_fraction
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """(N, C, H, W) of the images this stream yields."""
-        return (len(self.files), 3, self.image_size, self.image_size)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
-        tries = max(1, min(len(self.files), 100))
-        for k in range(tries):
-            j = (index + k) % len(self.files)
-            try:
-                image = torch.from_numpy(decode_image(self.files[j], self.image_size))
-            except BadImage as e:
-                log.warning("%s: cannot decode image (%s); using the next image instead", self.files[j], e)
-                continue
-            label = torch.tensor(-1 if self.labels is None else int(self.labels[j]))  # the substitute's label
-            return image, label, index
-        raise file_error(self.files[index], f"cannot decode this image nor the {tries - 1} after it")
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise BadImage(f"cannot read ({e.strerror or e})") from None

@@ -7,15 +7,13 @@ recomputes it exactly. Global batch ``k`` is ``perm[k*B : (k+1)*B]`` with B the 
 Sharding. Rank ``r`` of ``W`` takes the contiguous slice ``[r*B/W, (r+1)*B/W)`` of each global batch, so
 concatenating the ranks' shards in rank order (what ``all_gather`` does) gives back the global batch.
 
-In memory (:class:`TensorBatchSource`, the airbench-style path): the whole uint8 tensor is moved to the
-device once and each batch is an ``index_select`` there, no DataLoader. Streamed
-(:class:`StreamBatchSource`, for :class:`~simclr.data.folder.FolderStream`): a DataLoader whose batch
-sampler is the same order and sharding, decoding in worker processes, pinned memory and non-blocking copies
-on CUDA.
+In memory (:class:`TensorBatchSource`, the airbench-style path): the whole uint8 tensor (or the packed
+images of a folder, :class:`~simclr.data.packed.PackedImages`) is moved to the device once and each batch is
+cut there, no DataLoader. Streamed (:class:`simclr.data.stream.ImageStreamSource`, for indexed folders and
+tar shards too large for memory): threads decode the same order and shards, double-buffered into pinned
+memory.
 
 Each iteration yields a :class:`Batch` on the device, with b = B / W rows; ``indices`` index the dataset.
-The streamed source for indexed folders and tar shards, whose images keep their aspect ratio, is
-:class:`simclr.data.stream.ImageStreamSource`.
 """
 
 from __future__ import annotations
@@ -25,10 +23,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
 
 from simclr.data.base import ImageData
-from simclr.data.folder import FolderStream
+from simclr.data.packed import PackedImages
 from simclr.errors import SimCLRError
 
 if TYPE_CHECKING:
@@ -62,20 +59,23 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> Te
 
 
 class EpochBatches:
-    """Which dataset indices each rank sees in each batch of an epoch (shared by both sources).
+    """Which dataset indices each rank sees in each batch of an epoch (shared by every source).
 
     ``batch_size`` is the global batch; ``len(self)`` the number of batches per epoch, equal on all ranks.
+    ``subset`` (dataset indices) restricts the epoch to those images (a labelled subset, a sample).
     With ``drop_last=False`` the last, smaller global batch is split as evenly as possible across ranks.
     """
 
     def __init__(self, n: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-                 rank: int, world_size: int) -> None:  # fmt: skip
+                 rank: int, world_size: int, subset: Tensor | None = None) -> None:  # fmt: skip
         if batch_size <= 0:
             raise SimCLRError(f"batch_size must be positive, got {batch_size}")
         if world_size <= 0 or not 0 <= rank < world_size:
             raise SimCLRError(f"rank {rank} is not in 0..{world_size - 1}")
         if batch_size % world_size:
             raise SimCLRError(f"global batch_size {batch_size} is not divisible by world_size {world_size}")
+        self.subset = torch.as_tensor(subset, dtype=torch.int64) if subset is not None else None
+        n = len(self.subset) if self.subset is not None else n
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.per_rank = batch_size // world_size
@@ -94,6 +94,8 @@ class EpochBatches:
         """This rank's indices for batches ``start_batch..len-1`` of the current epoch, int64 on the CPU."""
         start = self.start_batch if start_batch is None else start_batch
         perm = epoch_permutation(self.n, self.seed, self.epoch, self.shuffle)
+        if self.subset is not None:  # positions in the subset -> dataset indices
+            perm = self.subset[perm]
         for k in range(start, len(self)):
             batch = perm[k * self.batch_size : (k + 1) * self.batch_size]
             if len(batch) == self.batch_size:
@@ -133,57 +135,24 @@ class BatchSource:
 class TensorBatchSource(BatchSource):
     """Batches cut on the device from an in-memory :class:`ImageData` moved there once."""
 
-    def __init__(self, data: ImageData, order: EpochBatches, device: torch.device) -> None:
+    def __init__(self, data: ImageData, order: EpochBatches, device: torch.device, with_labels: bool = True) -> None:
         super().__init__(order, device)
-        self.images = data.images.to(device)
-        self.labels = data.labels.to(device) if data.labels is not None else None
+        self.images = data.images.to(device)  # a tensor, or PackedImages (images of several sizes)
+        self.labels = data.labels.to(device) if with_labels and data.labels is not None else None
 
     def iter_from(self, batch_index: int) -> Iterator[Batch]:
         for idx in self.order.shards(batch_index):
-            idx = idx.to(self.device, non_blocking=True)
-            labels = self.labels.index_select(0, idx) if self.labels is not None else None
-            yield Batch(self.images.index_select(0, idx), labels, idx)
-
-
-class _ShardSampler(Sampler[list[int]]):
-    """A DataLoader batch sampler reading the current epoch and start batch from an :class:`EpochBatches`."""
-
-    def __init__(self, order: EpochBatches) -> None:
-        self.order = order
-        self.start = 0
-
-    def __len__(self) -> int:
-        return len(self.order) - self.start
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for idx in self.order.shards(self.start):
-            if len(idx):  # a rank can get nothing of a tiny last batch (drop_last=False); collate can't
-                yield idx.tolist()
-
-
-class StreamBatchSource(BatchSource):
-    """Batches decoded by DataLoader workers from a :class:`FolderStream`, then copied to the device."""
-
-    def __init__(self, data: FolderStream, order: EpochBatches, device: torch.device, workers: int) -> None:
-        super().__init__(order, device)
-        self.has_labels = data.labels is not None
-        self.sampler = _ShardSampler(order)
-        cuda = device.type == "cuda"
-        self.loader = DataLoader(
-            data, batch_sampler=self.sampler, num_workers=workers, pin_memory=cuda,
-            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-        )  # fmt: skip
-
-    def iter_from(self, batch_index: int) -> Iterator[Batch]:
-        self.sampler.start = batch_index
-        for images, labels, idx in self.loader:
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True) if self.has_labels else None
-            yield Batch(images, labels, idx.to(self.device, non_blocking=True))
+            labels = self.labels.index_select(0, idx.to(self.device)) if self.labels is not None else None
+            if isinstance(self.images, PackedImages):
+                images, sizes = self.images.batch(idx)
+                yield Batch(images, labels, idx.to(self.device), sizes)
+            else:
+                idx = idx.to(self.device, non_blocking=True)
+                yield Batch(self.images.index_select(0, idx), labels, idx)
 
 
 def make_batch_source(
-    data: ImageData | FolderStream | ImageStream,
+    data: ImageData | ImageStream,
     batch_size: int,
     device: torch.device | str,
     *,
@@ -192,28 +161,31 @@ def make_batch_source(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
-    workers: int = 2,
     threads: int | None = None,
     on_bad: str = "substitute",
     decode: str = "auto",
+    subset: Tensor | None = None,
+    with_labels: bool = True,
 ) -> BatchSource:
     """The batch source for ``data``: in memory on ``device`` for :class:`ImageData`, streamed otherwise.
 
-    ``data``: :class:`ImageData`, :class:`FolderStream` (DataLoader with ``workers`` processes) or
-    :class:`~simclr.data.stream.ImageStream` (``threads`` decode threads, ``on_bad`` substitute | flag,
+    ``data``: :class:`ImageData` or :class:`~simclr.data.stream.ImageStream` (``threads`` decode threads,
+    ``on_bad`` substitute | flag,
     ``decode`` auto | cpu | gpu). ``batch_size`` is the global batch over all ranks (must be divisible by
-    ``world_size``); each rank gets ``batch_size // world_size`` images per batch.
+    ``world_size``); each rank gets ``batch_size // world_size`` images per batch. ``subset``: dataset
+    indices the epochs go over (all images when None). ``with_labels=False``: batches carry no labels and
+    the data's labels are never read.
     """
     from simclr.data.stream import ImageStream, ImageStreamSource  # stream builds on this module
 
     device = torch.device(device)
     n = len(data)
     order = EpochBatches(n, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, rank=rank,
-                         world_size=world_size)  # fmt: skip
+                         world_size=world_size, subset=subset)  # fmt: skip
     if isinstance(data, ImageStream):
-        return ImageStreamSource(data, order, device, threads=threads, on_bad=on_bad, decode=decode)
-    if isinstance(data, FolderStream):
-        return StreamBatchSource(data, order, device, workers)
-    if isinstance(data, ImageData):
-        return TensorBatchSource(data, order, device)
-    raise TypeError(f"make_batch_source expects ImageData, FolderStream or ImageStream, got {type(data).__name__}")
+        return ImageStreamSource(
+            data, order, device, threads=threads, on_bad=on_bad, decode=decode, with_labels=with_labels
+        )
+    if isinstance(data, ImageData) or hasattr(data, "images"):  # in memory (or an ImageData look-alike)
+        return TensorBatchSource(data, order, device, with_labels)
+    raise TypeError(f"make_batch_source expects ImageData or ImageStream, got {type(data).__name__}")

@@ -155,8 +155,10 @@ class ImageStreamSource(BatchSource):
         on_bad: str = "substitute",
         decode: str = "auto",
         prefetch: bool = True,
+        with_labels: bool = True,
     ) -> None:
         super().__init__(order, device)
+        self.with_labels = with_labels
         if on_bad not in ON_BAD:
             raise SimCLRError(f"on_bad must be substitute or flag, got {on_bad!r}")
         self.data, self.on_bad, self.prefetch = data, on_bad, prefetch
@@ -222,7 +224,7 @@ class ImageStreamSource(BatchSource):
         side = self.data.image_size
         height = max((s[0] for s in hw if s is not None), default=side)
         width = max((s[1] for s in hw if s is not None), default=side)
-        labels = self.data.labels[[j for _, j in rows]] if self.data.labels is not None else None
+        labels = self.data.labels[[j for _, j in rows]] if self.with_labels and self.data.labels is not None else None
         valid = torch.tensor([s is not None for s in hw]) if self.on_bad == "flag" else None
         sizes = torch.tensor([s or (height, width) for s in hw], dtype=torch.int64).view(-1, 2)
         if bool((sizes == torch.tensor([height, width])).all()):

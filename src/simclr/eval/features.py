@@ -61,29 +61,47 @@ def eval_transform_for(config: Config, image_size: int, mean, std) -> nn.Module:
     )  # fmt: skip
 
 
+def _as_data(images: Any, labels: Tensor | None = None) -> Any:
+    """A uint8 tensor (N, C, H, W) as :class:`~simclr.data.ImageData`; ImageData / ImageStream as they are."""
+    from simclr.data import ImageData
+
+    if isinstance(images, Tensor):
+        return ImageData(images, labels, None, None, "tensor")
+    return images
+
+
+def _apply(transform: Callable[..., Tensor], batch: Any) -> Tensor:
+    """``transform(images)``, with each image's size when the batch holds images of several sizes."""
+    return transform(batch.images) if batch.sizes is None else transform(batch.images, batch.sizes)
+
+
 def extract_features(
     net: nn.Module,
-    images: Tensor,
-    transform: Callable[[Tensor], Tensor],
+    images: Any,
+    transform: Callable[..., Tensor],
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     desc: str | None = "features",
 ) -> Tensor:
-    """Features (N, D) float32 on ``device`` of uint8 ``images`` (N, C, H, W) after ``transform``.
+    """Features (N, D) float32 on ``device`` of ``images`` after ``transform``, in dataset order.
 
+    ``images``: a uint8 tensor (N, C, H, W), :class:`~simclr.data.ImageData` (images of one size or packed)
+    or a streamed :class:`~simclr.data.stream.ImageStream` (read in batches, each image at its own size).
     ``net`` (e.g. an encoder or a :class:`Representation`) is already on ``device``; it runs in eval mode
-    under ``torch.inference_mode`` and its previous train/eval mode is restored afterwards.
+    under ``torch.inference_mode`` (bf16 autocast on CUDA) and its previous mode is restored afterwards.
     """
+    from simclr.data.access import batches
+
     device = torch.device(device)
+    data = _as_data(images)
     was_training = net.training
     net.eval()
     out: list[Tensor] = []
+    source = batches(data, batch_size, device)
     try:
         with torch.inference_mode(), autocast(device):
-            starts = range(0, images.shape[0], batch_size)
-            for start in progress(starts, total=len(starts), desc=desc, enabled=desc is not None):
-                x = transform(images[start : start + batch_size].to(device, non_blocking=True))
-                out.append(net(x).float())
+            for batch in progress(source, total=len(source), desc=desc, enabled=desc is not None):
+                out.append(net(_apply(transform, batch)).float())
     finally:
         net.train(was_training)
     if not out:
@@ -95,32 +113,34 @@ def extract_features(
 @torch.no_grad()
 def evaluate_classifier(
     net: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    transform: Callable[[Tensor], Tensor],
+    images: Any,
+    labels: Tensor | None,
+    transform: Callable[..., Tensor],
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     desc: str | None = "test",
 ) -> tuple[float, float]:
-    """Top-1 / top-5 (percent) of ``net`` (views -> logits) on uint8 ``images`` with ``transform``.
+    """Top-1 / top-5 (percent) of ``net`` (views -> logits) on ``images`` (as :func:`extract_features`) with
+    ``transform``; ``labels`` (N,) for a tensor of images, else the data's own labels.
 
     The network is put in eval mode for the pass and its mode restored; ``desc=None`` hides the progress bar.
     """
+    from simclr.data.access import batches
+
     device = torch.device(device)
+    data = _as_data(images, labels)
     was_training = net.training
     net.eval()
     correct = torch.zeros(2, dtype=torch.int64, device=device)
+    source = batches(data, batch_size, device)
     try:
-        starts = range(0, images.shape[0], batch_size)
-        for start in progress(starts, total=len(starts), desc=desc, enabled=desc is not None):
-            x = transform(images[start : start + batch_size].to(device, non_blocking=True))
-            y = labels[start : start + batch_size].to(device, non_blocking=True)
+        for batch in progress(source, total=len(source), desc=desc, enabled=desc is not None):
             with autocast(device):
-                logits = net(x)
-            correct += topk_correct(logits.float(), y, (1, 5))
+                logits = net(_apply(transform, batch))
+            correct += topk_correct(logits.float(), batch.labels.to(device), (1, 5))
     finally:
         net.train(was_training)
-    n = max(1, images.shape[0])
+    n = max(1, len(data))
     top1, top5 = (100.0 * float(c) / n for c in correct.cpu())
     return top1, top5
 
@@ -153,12 +173,13 @@ def load_eval_data(config: Config, dataset: str | None = None, path: str | None 
     run's dataset kind is allowed). Evaluation always uses the labelled ``train`` split, even when
     pretraining used unlabelled images (STL-10 ``unlabeled``).
     """
-    from simclr.data import load_dataset
+    from simclr.data.access import open_split
 
     d = config.data
     name, root = eval_source(config, dataset, path)
-    train = load_dataset(name, root, split="train", image_size=d.image_size, download=d.download)
-    test = load_dataset(name, root, split=d.test_split, image_size=d.image_size, download=d.download)
+    kw = dict(in_memory=d.in_memory, download=d.download, max_bad_fraction=d.max_bad_fraction)
+    train = open_split(name, root, "train", d.image_size, **kw)
+    test = open_split(name, root, d.test_split, d.image_size, **kw)
     for split, data in (("train", train), (d.test_split, test)):
         if data.labels is None:
             raise SimCLRError(f"{data.source}: the {split} split has no labels to evaluate with")
@@ -224,8 +245,3 @@ def scaled_batch_size(n: int, nominal: int, min_steps_per_epoch: int = 5, floor:
     if n < 1:
         raise SimCLRError("no training examples")
     return max(1, min(nominal, max(n // min_steps_per_epoch, min(floor, n))))
-
-
-def image_size_of(config: Config, images: Tensor) -> int:
-    """Side of the views fed to the encoder: ``model.input_size`` or the stored image side."""
-    return int(config.model.input_size or images.shape[-1])

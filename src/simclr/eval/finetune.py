@@ -49,7 +49,7 @@ from simclr.eval.features import (
 from simclr.eval.subsets import save_subset, select_labels, subset_hash
 from simclr.files import folder_lock
 from simclr.options import option, validate
-from simclr.runtime import autocast, progress, resolve_device
+from simclr.runtime import autocast, resolve_device
 
 MIN_STEPS = 300  # fewest optimizer steps of a default schedule, so that tiny subsets still converge
 
@@ -210,7 +210,8 @@ def finetune(
     test split, the per-epoch ``history`` and the evaluation ``card``.
     """
     from simclr.augment import Augment, finetune_augment_config
-    from simclr.data.base import channel_stats
+    from simclr.data.access import batches, data_stats, stored_side
+    from simclr.eval.training import run_epochs
     from simclr.optim import lr_at
 
     check_options = FinetuneOptions(labels_spec, "scratch" if init is None else "pretrained", from_head_layer, epochs,
@@ -221,8 +222,8 @@ def finetune(
     scratch = init is None
     if scratch:
         cfg = config if isinstance(config, Config) else Config(model=config or ModelConfig())
-        image_size = int(cfg.model.input_size or train.images.shape[-1])
-        mean, std = channel_stats(train.images)  # as pretraining does: statistics of the train split
+        image_size = int(cfg.model.input_size or stored_side(train))
+        mean, std = data_stats(train)  # as pretraining does: statistics of the train split
     else:
         cfg, image_size, mean, std = init.config, init.image_size, init.mean, init.std
     if train.labels is None or test.labels is None:
@@ -248,43 +249,22 @@ def finetune(
     # Augment / EvalTransform hold no tensors: they run on the device of their input.
     augment = Augment(finetune_augment_config(cfg.augment), image_size, tuple(mean), tuple(std))
     transform = net.eval_transform()
-    images = train.images[indices].to(device)  # the labelled subset is small: keep it on the device
-    labels = train.labels[indices].to(device)
-
-    steps_per_epoch = n // batch_size  # drop_last: a batch of 1 would break train-mode BN
-    total = epochs * steps_per_epoch
-    order_gen = torch.Generator().manual_seed(seed)
+    source = batches(train, batch_size, device, shuffle=True, drop_last=True, seed=seed, subset=indices)
+    total = epochs * len(source)  # drop_last: a batch of 1 would break train-mode BN
     view_gen = torch.Generator(device=device).manual_seed(seed)
-    history: list[dict[str, Any]] = []
-    step = 0
-    bar = progress(range(epochs), total=epochs, desc=f"finetune {labels_spec}")
-    for epoch in bar:
-        net.train()
-        perm = torch.randperm(n, generator=order_gen).to(device)
-        loss_sum = torch.zeros((), device=device)
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            with torch.no_grad():
-                x = augment(images[idx], generator=view_gen)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, total, 0, peak_lr)
-            with autocast(device):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            step += 1
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": float(loss_sum) / max(1, steps_per_epoch)}
-        if (epoch + 1) % max(1, eval_every) == 0 or epoch + 1 == epochs:
-            record["top1"], record["top5"] = evaluate_classifier(
-                net, test.images, test.labels, transform, 512, device, desc=None
-            )
-            bar.set_postfix(loss=f"{record['loss']:.3f}", top1=f"{record['top1']:.2f}")
-        history.append(record)
-        if not math.isfinite(record["loss"]):
-            raise SimCLRError(f"fine-tuning diverged at epoch {epoch + 1} (loss {record['loss']}); lower --lr")
+
+    def step_loss(batch, step: int) -> Tensor:
+        with torch.no_grad():
+            x = augment(batch.images, view_gen, batch.sizes)
+        with autocast(device):
+            logits = net(x)
+        return F.cross_entropy(logits.float(), batch.labels)
+
+    history, _ = run_epochs(
+        net, opt, source, step_loss, lambda step: lr_at(step, total, 0, peak_lr),
+        lambda: evaluate_classifier(net, test, None, transform, 512, device, desc=None),
+        epochs=epochs, eval_every=eval_every, desc=f"finetune {labels_spec}", what="fine-tuning",
+    )  # fmt: skip
 
     wall = time.perf_counter() - t0
     shash = subset_hash(indices)

@@ -130,8 +130,8 @@ def knn_command(
     train, test, name = load_eval_data(pre.config, dataset, data)
     net = Representation(pre.model, o.from_head_layer)
     transform = eval_transform_for(pre.config, pre.image_size, pre.mean, pre.std)
-    train_feats = extract_features(net, train.images, transform, o.batch_size, dev, desc="kNN bank")
-    test_feats = extract_features(net, test.images, transform, o.batch_size, dev, desc="kNN test")
+    train_feats = extract_features(net, train, transform, o.batch_size, dev, desc="kNN bank")
+    test_feats = extract_features(net, test, transform, o.batch_size, dev, desc="kNN test")
     num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
     top1, top5 = knn_eval(
         train_feats, train.labels.to(dev), test_feats, test.labels.to(dev), o.k, o.temperature, num_classes

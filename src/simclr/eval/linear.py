@@ -111,8 +111,7 @@ def fit_linear(
 def _paper_train(
     net: nn.Module,
     augment: nn.Module,
-    images: Tensor,
-    labels: Tensor,
+    train: Any,
     test_feats: Tensor,
     test_labels: Tensor,
     classifier: nn.Linear,
@@ -123,25 +122,23 @@ def _paper_train(
     device: torch.device,
 ) -> list[dict[str, float]]:
     """The official loop: fresh crop + flip views each step, frozen ``net`` -> h, SGD on the classifier."""
+    from simclr.data.access import batches
     from simclr.optim import lr_at
 
     opt = torch.optim.SGD(classifier.parameters(), lr=peak_lr, momentum=0.9, nesterov=True, weight_decay=0.0)
-    n = images.shape[0]
-    steps_per_epoch = n // batch_size  # drop_last, as the official input pipeline
-    total = epochs * steps_per_epoch
-    order_gen = torch.Generator().manual_seed(seed)
+    source = batches(train, batch_size, device, shuffle=True, drop_last=True, seed=seed)  # as the official input
+    total = epochs * len(source)
     view_gen = torch.Generator(device=device).manual_seed(seed)
     history, step = [], 0
     for epoch in progress(range(epochs), total=epochs, desc="linear (paper)"):
-        perm = torch.randperm(n, generator=order_gen)
+        source.set_epoch(epoch)
         loss_sum = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
+        for batch in source:
             with torch.no_grad():
-                h = net(augment(images[idx].to(device, non_blocking=True), generator=view_gen))
+                h = net(augment(batch.images, view_gen, batch.sizes))
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, 0, peak_lr)
-            loss = F.cross_entropy(classifier(h), labels[idx].to(device, non_blocking=True))
+            loss = F.cross_entropy(classifier(h), batch.labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -149,7 +146,7 @@ def _paper_train(
             step += 1
         with torch.no_grad():  # the test features are fixed (frozen encoder): evaluating is one matmul
             top1, top5 = topk_accuracy(classifier(test_feats), test_labels)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / max(1, steps_per_epoch), "top1": top1, "top5": top5})
+        history.append({"epoch": epoch + 1, "loss": loss_sum / max(1, len(source)), "top1": top1, "top5": top5})
     return history
 
 
@@ -189,14 +186,12 @@ def linear_eval(
     transform = eval_transform_for(pretrained.config, pretrained.image_size, pretrained.mean, pretrained.std)
     num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
     try:
-        test_feats = extract_features(net, test.images, transform, feature_batch_size, device, desc="test features")
+        test_feats = extract_features(net, test, transform, feature_batch_size, device, desc="test features")
         test_labels = test.labels.to(device)
         if mode == "fast":
             epochs = FAST_EPOCHS if epochs is None else epochs
             batch_size = batch_size or min(FAST_BATCH, len(train))
-            train_feats = extract_features(
-                net, train.images, transform, feature_batch_size, device, desc="train features"
-            )
+            train_feats = extract_features(net, train, transform, feature_batch_size, device, desc="train features")
             t_feat = time.perf_counter() - t0
             classifier = fit_linear(
                 train_feats, train.labels.to(device), num_classes, epochs, batch_size, FAST_LR, seed=seed
@@ -217,18 +212,7 @@ def linear_eval(
             nn.init.zeros_(classifier.weight)  # official zero_init_logits_layer
             nn.init.zeros_(classifier.bias)
             history = _paper_train(
-                net,
-                augment,
-                train.images,
-                train.labels,
-                test_feats,
-                test_labels,
-                classifier,
-                epochs,
-                batch_size,
-                peak_lr,
-                seed,
-                device,
+                net, augment, train, test_feats, test_labels, classifier, epochs, batch_size, peak_lr, seed, device
             )
             train_feats = None
             settings = {
@@ -295,21 +279,22 @@ def linear_eval(
 
 
 @torch.no_grad()
-def _calibrate_batchnorm(model: nn.Module, images: Tensor, transform: nn.Module, device, seed: int) -> None:
+def _calibrate_batchnorm(model: nn.Module, data: Any, transform: nn.Module, device, seed: int) -> None:
     """Set BN running statistics to the data's (cumulative average over ~10k images); weights untouched.
 
     A random network's BN layers hold the initial statistics (mean 0, var 1), which in eval mode leave its
     activations unnormalised; calibrating them is what makes "random encoder" a fair baseline.
     """
+    from simclr.data.access import batches, sample
+    from simclr.eval.features import _as_data
+
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average
     model.train()
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(images), generator=gen)[:10240]
-    for start in range(0, len(idx), 512):
-        model(transform(images[idx[start : start + 512]].to(device)))
+    for batch in batches(sample(_as_data(data), 10240, seed), 512, device):
+        model(transform(batch.images) if batch.sizes is None else transform(batch.images, batch.sizes))
     model.eval()
 
 
@@ -326,6 +311,7 @@ def fast_baselines(
     Returns top-1/top-5 (%).
     """
     from simclr.checkpoint import Pretrained as _P
+    from simclr.data.access import stored_side
     from simclr.models.build import build_model
 
     device = resolve_device(device)
@@ -336,13 +322,14 @@ def fast_baselines(
     )
     random_pre._sha = "random-init"
     transform = eval_transform_for(pretrained.config, pretrained.image_size, pretrained.mean, pretrained.std)
-    _calibrate_batchnorm(random_model.to(device), train.images, transform, device, seed)
+    _calibrate_batchnorm(random_model.to(device), train, transform, device, seed)
     rnd = linear_eval(random_pre, train, test, mode="fast", seed=seed, device=device)
     flat = nn.Flatten()
     num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
-    raw_transform = eval_transform_for(pretrained.config, int(train.images.shape[-1]), pretrained.mean, pretrained.std)
-    tr = extract_features(flat, train.images, raw_transform, 1024, device, desc="raw train")
-    te = extract_features(flat, test.images, raw_transform, 1024, device, desc="raw test")
+    side = stored_side(train)
+    raw_transform = eval_transform_for(pretrained.config, side, pretrained.mean, pretrained.std)
+    tr = extract_features(flat, train, raw_transform, 1024, device, desc="raw train")
+    te = extract_features(flat, test, raw_transform, 1024, device, desc="raw test")
     clf = fit_linear(tr, train.labels.to(device), num_classes, seed=seed)
     with torch.no_grad():
         raw = topk_accuracy(clf(te), test.labels.to(device))
