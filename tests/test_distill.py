@@ -135,7 +135,7 @@ def teacher_dir(tmp_path_factory):
         run / "checkpoints" / "last.pt",
     )  # fmt: skip
     train, test = load_dataset("npz", npz), load_dataset("npz", npz, split="test")
-    finetune(load_pretrained(run), train, test, "25%", epochs=2, batch_size=8, out_dir=root / "ft")
+    finetune(load_pretrained(run), train, test, labels="25%", epochs=2, batch_size=8, out_dir=root / "ft")
     return root
 
 
@@ -257,6 +257,6 @@ def test_student_learns_from_teacher(tmp_path):
     train, test = load_dataset("npz", npz), load_dataset("npz", npz, split="test")
     cfg = Config()
     cfg.model = ModelConfig(arch="resnet18", width_multiplier=0.125, head_layers=2, projection_dim=16)
-    teacher = finetune(None, train, test, "100%", epochs=5, batch_size=32, config=cfg, out_dir=tmp_path / "t")
+    teacher = finetune(None, train, test, labels="100%", epochs=5, batch_size=32, config=cfg, out_dir=tmp_path / "t")
     res = distill(tmp_path / "t", train, test, DistillOptions(epochs=10, batch_size=32, optimizer="sgd"))
     assert res["top1"] >= teacher["top1"] - 10, (res["history"], teacher["top1"])

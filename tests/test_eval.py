@@ -241,7 +241,7 @@ def test_finetune_from_pretrained_and_scratch(tmp_path):
     before = {k: v.clone() for k, v in pre.model.state_dict().items()}
     train, test = tiny_images(64, 0), tiny_images(32, 1)
     out = tmp_path / "ft"
-    res = finetune(pre, train, test, "50%", epochs=2, batch_size=16, seed=0, out_dir=out)
+    res = finetune(pre, train, test, labels="50%", epochs=2, batch_size=16, seed=0, out_dir=out)
     assert res["from_head_layer"] == 1 and res["optimizer"] == "sgd"  # v2 head, small batch: v1 recipe
     assert res["n_labelled"] == 32 and len(res["history"]) == 2 and "top1" in res["history"][0]
     assert all(torch.equal(before[k], v) for k, v in pre.model.state_dict().items())  # caller's model untouched
@@ -257,7 +257,7 @@ def test_finetune_from_pretrained_and_scratch(tmp_path):
     assert logits.shape == (32, CLASSES)
     assert topk_accuracy(logits, test.labels)[0] == pytest.approx(res["top1"])
 
-    scratch = finetune(None, train, test, "50%", epochs=2, batch_size=16, config=pre.config.model)
+    scratch = finetune(None, train, test, labels="50%", epochs=2, batch_size=16, config=pre.config.model)
     assert scratch["init"] == "scratch" and scratch["from_head_layer"] == 0 and scratch["optimizer"] == "sgd"
     assert scratch["subset_hash"] == res["subset_hash"]  # same labels, side by side
     assert scratch["card"]["checkpoint_sha256"] is None
@@ -285,7 +285,7 @@ def test_finetune_rejects_bad_inputs(tmp_path):
     pre = load_pretrained(tmp_path / "ckpt.pt")
     train, test = tiny_images(32, 0), tiny_images(8, 1)
     with pytest.raises(SimCLRError, match="from_head_layer=3"):
-        finetune(pre, train, test, "100%", from_head_layer=3, epochs=1)
+        finetune(pre, train, test, labels="100%", from_head_layer=3, epochs=1)
     with pytest.raises(SimCLRError, match="not a fine-tuned classifier"):
         load_classifier(tmp_path / "ckpt.pt")
 
@@ -296,7 +296,7 @@ def test_finetune_learns_from_pretrained_and_scratch(tmp_path):
     pre = load_pretrained(tmp_path / "ckpt.pt")
     train, test = tiny_images(800, 0), tiny_images(400, 1)
     for init in (pre, None):  # default recipes: 80 labels -> batch 32, 150 epochs = 300 steps
-        res = finetune(init, train, test, "10%", seed=0, eval_every=50, config=pre.config)
+        res = finetune(init, train, test, labels="10%", seed=0, eval_every=50, config=pre.config)
         assert res["steps"] == 300 and res["top1"] > 90.0, res["history"]
 
 
@@ -398,3 +398,58 @@ def test_raw_pixel_baseline_reads_the_stored_side_not_the_upsampled_views(tmp_pa
     out = lin.fast_baselines(pre, tiny_images(32, 0), tiny_images(16, 1))
     assert dims[-1] == 3 * SIZE * SIZE  # stored side (grey replicated to the encoder's 3 channels)
     assert out["raw_pixels"]["top1"] > 100 / CLASSES  # the pixels carry the class brightness: above chance
+
+
+def test_finetune_recipe_options(tmp_path):
+    """probe_init starts from the linear probe, bn=frozen keeps running statistics, augment modes, smoothing."""
+    from simclr.eval.finetune import FinetuneOptions, training_augment
+
+    write_pretrained(tmp_path / "ckpt.pt")
+    pre = load_pretrained(tmp_path / "ckpt.pt")
+    train, test = tiny_images(64, 0), tiny_images(32, 1)
+    # one epoch at a vanishing learning rate: what is measured is the starting point
+    still = FinetuneOptions(labels="100%", epochs=1, batch_size=16, lr=1e-12)
+    zero = finetune(pre, train, test, still)
+    # frozen BN: the untrained test model's running statistics would move, so evaluation sees the probe as fitted
+    probed = finetune(pre, train, test, still, probe_init=True, bn="frozen", out_dir=tmp_path / "p")
+    assert zero["top1"] <= 100 / CLASSES + 15  # a zero classifier: all classes tie
+    assert probed["top1"] > 75 and probed["recipe"]["probe_init"] is True  # brightness classes: the probe is good
+    assert load_classifier(tmp_path / "p").classifier.weight.abs().sum() > 0
+
+    frozen = dict(pre.model.encoder.state_dict())
+    res = finetune(pre, train, test, still, bn="frozen", out_dir=tmp_path / "f")
+    after = load_classifier(tmp_path / "f").encoder.state_dict()
+    stats = [k for k in frozen if k.endswith("running_mean")]
+    assert stats and all(torch.equal(frozen[k], after[k]) for k in stats)  # frozen BN: running stats unchanged
+    moved = finetune(pre, train, test, still, out_dir=tmp_path / "t")
+    after_t = load_classifier(tmp_path / "t").encoder.state_dict()
+    assert any(not torch.equal(frozen[k], after_t[k]) for k in stats)  # train-mode BN updates them
+    assert res["recipe"]["bn"] == "frozen" and moved["recipe"]["bn"] == "train"
+
+    base = pre.config.augment
+    assert (
+        training_augment(base, "crop_flip", None).crop and training_augment(base, "crop_flip", 0.5).crop_scale[0] == 0.5
+    )
+    assert not training_augment(base, "flip", None).crop and training_augment(base, "flip", None).flip
+    none = training_augment(base, "none", None)
+    assert not none.crop and not none.flip and none.color_jitter_prob == 0 and none.blur_prob == 0
+    smooth = finetune(pre, train, test, still, label_smoothing=0.2, augment="none", warmup_epochs=0.5)
+    assert smooth["recipe"]["label_smoothing"] == 0.2 and smooth["recipe"]["augment"] == "none"
+    with pytest.raises(SimCLRError, match="label_smoothing"):
+        finetune(pre, train, test, still, label_smoothing=1.0)
+    with pytest.raises(SimCLRError, match="bn"):
+        finetune(pre, train, test, still, bn="sometimes")
+
+
+def test_finetune_backbone_lr_scale_zero_trains_only_the_classifier(tmp_path):
+    from simclr.eval.finetune import FinetuneOptions
+
+    write_pretrained(tmp_path / "ckpt.pt")
+    pre = load_pretrained(tmp_path / "ckpt.pt")
+    train, test = tiny_images(64, 0), tiny_images(32, 1)
+    o = FinetuneOptions(labels="100%", epochs=1, batch_size=16, backbone_lr_scale=0.0, bn="frozen")
+    finetune(pre, train, test, o, out_dir=tmp_path / "ft")
+    net = load_classifier(tmp_path / "ft")
+    before = pre.model.encoder.state_dict()
+    assert all(torch.equal(before[k], v) for k, v in net.encoder.state_dict().items())
+    assert net.classifier.weight.abs().sum() > 0

@@ -99,7 +99,7 @@ def test_finetuning_starts_from_h_or_the_head_layer_asked_for(pretrained, tmp_pa
     want = 1 if layer is None else layer
     with LinearCalls() as calls:
         result = finetune(
-            pretrained, tiny_images(32, 0), tiny_images(16, 1), "100%", from_head_layer=layer, epochs=1,
+            pretrained, tiny_images(32, 0), tiny_images(16, 1), labels="100%", from_head_layer=layer, epochs=1,
             batch_size=16, out_dir=tmp_path / "ft",
         )  # fmt: skip
     assert result["from_head_layer"] == want
@@ -115,6 +115,11 @@ def test_finetuning_starts_from_h_or_the_head_layer_asked_for(pretrained, tmp_pa
 def test_finetuning_a_v1_model_starts_from_h(tmp_path):
     write_pretrained(tmp_path / "v1.pt", head_layers=2)
     result = finetune(
-        load_pretrained(tmp_path / "v1.pt"), tiny_images(32, 0), tiny_images(16, 1), "100%", epochs=1, batch_size=16
+        load_pretrained(tmp_path / "v1.pt"),
+        tiny_images(32, 0),
+        tiny_images(16, 1),
+        labels="100%",
+        epochs=1,
+        batch_size=16,
     )
     assert result["from_head_layer"] == 0

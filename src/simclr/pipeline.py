@@ -241,7 +241,7 @@ def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | Non
         common = dict(
             train=train,
             test=test,
-            labels_spec=frac,
+            labels=frac,
             epochs=epochs,
             batch_size=batch,
             seed=o.seed,

@@ -26,6 +26,7 @@ Defaults (documented choices; measured on Fashion-MNIST, 600 labels = "1%", ResN
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 import time
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclr.checkpoint import Pretrained, load_checkpoint, load_state_strict, save_checkpoint
-from simclr.config import Config, ModelConfig, config_from_dict, config_to_dict
+from simclr.config import AugmentConfig, Config, ModelConfig, config_from_dict, config_to_dict
 from simclr.errors import SimCLRError
 from simclr.eval.card import evaluation_card, write_metrics
 from simclr.eval.features import (
@@ -74,6 +75,15 @@ class FinetuneOptions:
     eval_every: int = option(1, "epochs between test evaluations", ge=1)
     seed: int = option(0, "label subset, weights of scratch models, views", ge=0, lt=2**63)
     arch: str | None = option(None, "encoder of a scratch model (default: the run's)")
+    warmup_epochs: float = option(0.0, "linear warmup before the cosine decay", ge=0)
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", ge=0, lt=1)
+    bn: str = option("train", "BatchNorm statistics: train (batch statistics) or frozen (running ones)",
+                     choices=("train", "frozen"))  # fmt: skip
+    probe_init: bool = option(False, "start the classifier from a linear probe on the frozen features (LP-FT)")
+    backbone_lr_scale: float = option(1.0, "learning rate of encoder + head layers relative to the classifier", ge=0)
+    augment: str = option("crop_flip", "training views: crop_flip, flip (whole image), none",
+                          choices=("crop_flip", "flip", "none"))  # fmt: skip
+    crop_min_scale: float | None = option(None, "smallest crop area fraction (default: the run's, 0.08)", gt=0, le=1)
 
 
 class FinetuneNet(nn.Module):
@@ -98,6 +108,15 @@ class FinetuneNet(nn.Module):
         self.std: tuple[float, ...] = (0.5, 0.5, 0.5)
         self.config: Config | None = None
         self.classes: list[str] | None = None
+        self.bn_frozen = False  # True: BatchNorm layers stay in eval mode (running statistics) while training
+
+    def train(self, mode: bool = True) -> FinetuneNet:
+        super().train(mode)
+        if mode and self.bn_frozen:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def features(self, x: Tensor) -> Tensor:
         """(B, 3, S, S) -> (B, D): h after the kept head layers."""
@@ -160,12 +179,14 @@ def default_recipe(config: Config, scratch: bool, optimizer: str | None, batch_s
     return optimizer, 0.05 * batch_size / 256, 0.0
 
 
-def _optimizer(net: FinetuneNet, name: str, lr: float, weight_decay: float, batch_size: int):
+def _optimizer(net: FinetuneNet, name: str, lr: float, weight_decay: float, batch_size: int, backbone_scale: float):
     from simclr.config import OptimConfig
     from simclr.optim import build_optimizer, param_groups
 
     backbone = [p for m in (net.encoder, net.head_layers) for p in m.parameters()]
     groups = param_groups(backbone, weight_decay)
+    for group in groups:
+        group["lr_scale"] = backbone_scale
     # The classifier is excluded from LARS adaptation and decay, as the official "head_supervised".
     groups.append({"params": list(net.classifier.parameters()), "weight_decay": 0.0, "lars_exclude": True})
     cfg = OptimConfig(
@@ -181,46 +202,63 @@ def _optimizer(net: FinetuneNet, name: str, lr: float, weight_decay: float, batc
     return opt, peak
 
 
-def finetune(
-    init: Pretrained | None,
-    train: Any,
-    test: Any,
-    labels_spec: str = "10%",
-    from_head_layer: int | None = None,
-    optimizer: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    out_dir: str | Path | None = None,
-    config: Config | ModelConfig | None = None,
-    weight_decay: float | None = None,
-    eval_every: int = 1,
-    dataset: str | None = None,
-    evaluated: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Fine-tune ``init`` (or train from scratch when None) on the ``labels_spec`` subset of ``train``.
+def training_augment(base: AugmentConfig, mode: str, crop_min_scale: float | None) -> AugmentConfig:
+    """The views of fine-tuning: ``crop_flip`` (random resized crop + flip), ``flip`` (the whole image,
+    flipped half the time) or ``none``; never colour, grayscale or blur (SPEC 8)."""
+    from simclr.augment import finetune_augment_config
 
-    ``train`` / ``test``: :class:`~simclr.data.ImageData`; ``labels_spec`` as in
-    :func:`~simclr.eval.subsets.select_labels`; ``config`` gives the architecture when ``init`` is None
-    (a :class:`Config` or just its :class:`ModelConfig`). Defaults: see the module docstring.
-    Writes ``label_subset.json``, ``finetuned.pt`` (:func:`load_classifier` reloads it) and
-    ``metrics.json`` to ``out_dir`` when given. Returns top-1 / top-5 (percent) of the final epoch on the
-    test split, the per-epoch ``history`` and the evaluation ``card``.
-    """
-    from simclr.augment import Augment, finetune_augment_config
-    from simclr.data.access import batches, data_stats, stored_side
-    from simclr.eval.training import run_epochs
-    from simclr.optim import lr_at
+    cfg = finetune_augment_config(base)
+    if crop_min_scale is not None:
+        cfg = dataclasses.replace(cfg, crop_scale=(crop_min_scale, max(crop_min_scale, cfg.crop_scale[1])))
+    return dataclasses.replace(cfg, crop=mode == "crop_flip", flip=mode != "none")
 
-    check_options = FinetuneOptions(labels_spec, "scratch" if init is None else "pretrained", from_head_layer, epochs,
-                                    batch_size, lr, optimizer, weight_decay, eval_every, seed)  # fmt: skip
-    validate(check_options)
-    t0 = time.perf_counter()
-    device = resolve_device(device)
-    scratch = init is None
-    if scratch:
+
+@torch.no_grad()
+def probe_classifier(net: FinetuneNet, train: Any, indices: Tensor, transform: nn.Module, device) -> None:
+    """LP-FT: set ``net.classifier`` to a logistic regression fitted on the frozen features of the labelled
+    images (evaluation views), so fine-tuning starts from the linear probe instead of a zero classifier."""
+    from simclr.data.access import batches
+    from simclr.eval.linear import fit_linear
+
+    was_training = net.training
+    net.eval()
+    feats, labels = [], []
+    with torch.inference_mode(), autocast(device):
+        for batch in batches(train, 512, device, subset=indices):
+            feats.append(net.features(transform(batch.images) if batch.sizes is None else
+                                      transform(batch.images, batch.sizes)).float())  # fmt: skip
+            labels.append(batch.labels.to(device))
+    net.train(was_training)
+    with torch.enable_grad():
+        linear = fit_linear(torch.cat(feats).clone(), torch.cat(labels).clone(), net.num_classes, std_floor=0.1)
+    net.classifier.weight.copy_(linear.weight)
+    net.classifier.bias.copy_(linear.bias)
+
+
+@dataclass
+class _Plan:
+    """The resolved settings of one fine-tuning run."""
+
+    cfg: Config
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    k: int
+    indices: Tensor
+    n_total: int
+    num_classes: int
+    batch_size: int
+    epochs: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+
+
+def _plan(o: FinetuneOptions, init: Pretrained | None, train: Any, test: Any, config: Any) -> _Plan:
+    """Architecture, label subset and recipe of a run (defaults: the module docstring)."""
+    from simclr.data.access import data_stats, stored_side
+
+    if init is None:
         cfg = config if isinstance(config, Config) else Config(model=config or ModelConfig())
         image_size = int(cfg.model.input_size or stored_side(train))
         mean, std = data_stats(train)  # as pretraining does: statistics of the train split
@@ -228,112 +266,155 @@ def finetune(
         cfg, image_size, mean, std = init.config, init.image_size, init.mean, init.std
     if train.labels is None or test.labels is None:
         raise SimCLRError(f"{train.source}: fine-tuning needs labelled train and test splits")
-    k = default_from_head_layer(cfg.model, scratch) if from_head_layer is None else from_head_layer
-
-    indices = select_labels(train.labels, labels_spec, seed, train.names)
+    scratch = init is None
+    k = default_from_head_layer(cfg.model, scratch) if o.from_head_layer is None else o.from_head_layer
+    indices = select_labels(train.labels, o.labels, o.seed, train.names)
     n = len(indices)
     n_total = int((train.labels >= 0).sum())
     num_classes = int(max(int(train.labels.max()), int(test.labels.max()))) + 1
-    batch_size = batch_size or scaled_batch_size(n, 1024)
+    batch_size = o.batch_size or scaled_batch_size(n, 1024)
     if batch_size > n:
-        raise SimCLRError(f"batch size {batch_size} exceeds the {n} labelled images of {labels_spec!r}")
-    epochs = epochs or default_epochs(n, n_total, batch_size)
-    opt_name, default_lr, default_wd = default_recipe(cfg, scratch, optimizer, batch_size)
-    peak_lr = default_lr if lr is None else lr
-    wd = default_wd if weight_decay is None else weight_decay
+        raise SimCLRError(f"batch size {batch_size} exceeds the {n} labelled images of {o.labels!r}")
+    epochs = o.epochs or default_epochs(n, n_total, batch_size)
+    opt_name, default_lr, default_wd = default_recipe(cfg, scratch, o.optimizer, batch_size)
+    lr = default_lr if o.lr is None else o.lr
+    wd = default_wd if o.weight_decay is None else o.weight_decay
+    return _Plan(cfg, image_size, tuple(mean), tuple(std), k, indices, n_total, num_classes, batch_size, epochs,
+                 opt_name, lr, wd)  # fmt: skip
 
-    torch.manual_seed(seed)  # the scratch weights
-    net = build_finetune_net(cfg, image_size, num_classes, k, None if scratch else init.model).to(device)
-    net.mean, net.std = tuple(mean), tuple(std)
-    opt, _ = _optimizer(net, opt_name, peak_lr, wd, batch_size)
-    # Augment / EvalTransform hold no tensors: they run on the device of their input.
-    augment = Augment(finetune_augment_config(cfg.augment), image_size, tuple(mean), tuple(std))
+
+def finetune(
+    init: Pretrained | None,
+    train: Any,
+    test: Any,
+    options: FinetuneOptions | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    out_dir: str | Path | None = None,
+    config: Config | ModelConfig | None = None,
+    dataset: str | None = None,
+    evaluated: dict[str, Any] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Fine-tune ``init`` (or train from scratch when None) on a label subset of ``train``.
+
+    ``train`` / ``test``: :class:`~simclr.data.ImageData`; ``options`` a :class:`FinetuneOptions` (``fields``
+    override single fields, e.g. ``labels="1%", epochs=2``; ``init`` is implied by the argument);
+    ``config`` gives the architecture when ``init`` is None (a :class:`Config` or its :class:`ModelConfig`).
+    Defaults: see the module docstring. Writes ``label_subset.json``, ``finetuned.pt``
+    (:func:`load_classifier` reloads it) and ``metrics.json`` to ``out_dir`` when given. Returns top-1 /
+    top-5 (percent) of the final epoch on the test split, the per-epoch ``history`` and the evaluation ``card``.
+    """
+    from simclr.augment import Augment
+    from simclr.data.access import batches
+    from simclr.eval.training import run_epochs
+    from simclr.optim import lr_at
+
+    o = dataclasses.replace(options or FinetuneOptions(), **fields)
+    o.init = "scratch" if init is None else "pretrained"
+    validate(o)
+    t0 = time.perf_counter()
+    device = resolve_device(device)
+    p = _plan(o, init, train, test, config)
+
+    torch.manual_seed(o.seed)  # the scratch weights
+    net = build_finetune_net(p.cfg, p.image_size, p.num_classes, p.k, None if init is None else init.model)
+    net = net.to(device)
+    net.mean, net.std, net.bn_frozen = p.mean, p.std, o.bn == "frozen"
     transform = net.eval_transform()
-    source = batches(train, batch_size, device, shuffle=True, drop_last=True, seed=seed, subset=indices)
-    total = epochs * len(source)  # drop_last: a batch of 1 would break train-mode BN
-    view_gen = torch.Generator(device=device).manual_seed(seed)
+    if o.probe_init:
+        probe_classifier(net, train, p.indices, transform, device)
+    opt, _ = _optimizer(net, p.optimizer, p.lr, p.weight_decay, p.batch_size, o.backbone_lr_scale)
+    # Augment / EvalTransform hold no tensors: they run on the device of their input.
+    augment = Augment(training_augment(p.cfg.augment, o.augment, o.crop_min_scale), p.image_size, p.mean, p.std)
+    source = batches(train, p.batch_size, device, shuffle=True, drop_last=True, seed=o.seed, subset=p.indices)
+    total = p.epochs * len(source)  # drop_last: a batch of 1 would break train-mode BN
+    warmup = round(o.warmup_epochs * len(source))
+    view_gen = torch.Generator(device=device).manual_seed(o.seed)
 
     def step_loss(batch, step: int) -> Tensor:
         with torch.no_grad():
             x = augment(batch.images, view_gen, batch.sizes)
         with autocast(device):
             logits = net(x)
-        return F.cross_entropy(logits.float(), batch.labels)
+        return F.cross_entropy(logits.float(), batch.labels, label_smoothing=o.label_smoothing)
 
     history, _ = run_epochs(
-        net, opt, source, step_loss, lambda step: lr_at(step, total, 0, peak_lr),
+        net, opt, source, step_loss, lambda step: lr_at(step, total, warmup, p.lr),
         lambda: evaluate_classifier(net, test, None, transform, 512, device, desc=None),
-        epochs=epochs, eval_every=eval_every, desc=f"finetune {labels_spec}", what="fine-tuning",
+        epochs=p.epochs, eval_every=o.eval_every, desc=f"finetune {o.labels}", what="fine-tuning",
     )  # fmt: skip
+    result = _result(o, p, history, total)
+    result["card"] = evaluation_card(
+        "finetune", dataset or train.source, "test", result["label_fraction"], result["subset_hash"], o.seed,
+        p.epochs, p.batch_size, None if init is None else init.sha256, device, time.perf_counter() - t0,
+        init=o.init, checkpoint=None if init is None else str(init.path), labels=o.labels,
+        train_source=train.source, test_source=test.source, evaluated=evaluated,
+    )  # fmt: skip
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        save_subset(out_dir / "label_subset.json", p.indices, o.labels, o.seed, train.labels, source=train.source)
+        result["checkpoint"] = str(_save(out_dir / "finetuned.pt", net, p, o, train.classes, init, result))
+        write_metrics(out_dir, result)
+    return result
 
-    wall = time.perf_counter() - t0
-    shash = subset_hash(indices)
-    label_fraction = n / n_total
-    result: dict[str, Any] = {
+
+def _result(o: FinetuneOptions, p: _Plan, history: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    n = len(p.indices)
+    return {
         "protocol": "finetune",
-        "init": "scratch" if scratch else "pretrained",
+        "init": o.init,
         "top1": history[-1]["top1"],
         "top5": history[-1]["top5"],
         "best_top1": max(r["top1"] for r in history if "top1" in r),  # for information; not model selection
-        "labels": labels_spec,
+        "labels": o.labels,
         "n_labelled": n,
-        "label_fraction": label_fraction,
-        "subset_hash": shash,
-        "from_head_layer": k,
-        "num_classes": num_classes,
-        "arch": cfg.model.arch,
-        "optimizer": opt_name,
-        "lr": peak_lr,
-        "weight_decay": wd,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "steps": total,
+        "label_fraction": n / p.n_total,
+        "subset_hash": subset_hash(p.indices),
+        "from_head_layer": p.k,
+        "num_classes": p.num_classes,
+        "arch": p.cfg.model.arch,
+        "optimizer": p.optimizer,
+        "lr": p.lr,
+        "weight_decay": p.weight_decay,
+        "epochs": p.epochs,
+        "batch_size": p.batch_size,
+        "steps": steps,
+        "recipe": {k: getattr(o, k) for k in RECIPE_FIELDS},
         "history": history,
     }
-    result["card"] = evaluation_card(
-        "finetune",
-        dataset or train.source,
-        "test",
-        label_fraction,
-        shash,
-        seed,
-        epochs,
-        batch_size,
-        None if scratch else init.sha256,
-        device,
-        wall,
-        init="scratch" if scratch else "pretrained",
-        checkpoint=None if scratch else str(init.path),
-        labels=labels_spec,
-        train_source=train.source,
-        test_source=test.source,
-        evaluated=evaluated,
+
+
+RECIPE_FIELDS = ("warmup_epochs", "label_smoothing", "bn", "probe_init", "backbone_lr_scale", "augment",
+                 "crop_min_scale")  # fmt: skip
+
+
+def _save(path: Path, net: FinetuneNet, p: _Plan, o: FinetuneOptions, classes, init, result) -> Path:
+    save_checkpoint(
+        {
+            "kind": "finetune",
+            "config": config_to_dict(p.cfg),
+            "encoder": net.encoder.state_dict(),
+            "head": net.head_layers.state_dict(),
+            "classifier": net.classifier.state_dict(),
+            "num_classes": p.num_classes,
+            "classes": classes,
+            "from_head_layer": p.k,
+            "image_size": p.image_size,
+            "data_stats": {"mean": list(p.mean), "std": list(p.std)},
+            "init": o.init,
+            "pretrained_sha256": None if init is None else init.sha256,
+            "label_subset": {
+                "spec": o.labels,
+                "seed": o.seed,
+                "hash": result["subset_hash"],
+                "count": len(p.indices),
+            },  # fmt: skip
+            "metrics": {"top1": result["top1"], "top5": result["top5"]},
+        },
+        path,
     )
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        save_subset(out_dir / "label_subset.json", indices, labels_spec, seed, train.labels, source=train.source)
-        save_checkpoint(
-            {
-                "kind": "finetune",
-                "config": config_to_dict(cfg),
-                "encoder": net.encoder.state_dict(),
-                "head": net.head_layers.state_dict(),
-                "classifier": net.classifier.state_dict(),
-                "num_classes": num_classes,
-                "classes": train.classes,
-                "from_head_layer": k,
-                "image_size": image_size,
-                "data_stats": {"mean": list(mean), "std": list(std)},
-                "init": result["init"],
-                "pretrained_sha256": None if scratch else init.sha256,
-                "label_subset": {"spec": labels_spec, "seed": seed, "hash": shash, "count": n},
-                "metrics": {"top1": result["top1"], "top5": result["top5"]},
-            },
-            out_dir / "finetuned.pt",
-        )
-        result["checkpoint"] = str(out_dir / "finetuned.pt")
-        write_metrics(out_dir, result)
-    return result
+    return path
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> FinetuneNet:
@@ -414,10 +495,8 @@ def finetune_command(
     train, test, name = load_eval_data(cfg, dataset, data)
     with folder_lock(out_dir, "fine-tuning folder"):
         result = finetune(
-            pre, train, test, o.labels, o.from_head_layer, o.optimizer, o.epochs, o.batch_size, o.lr, o.seed, dev,
-            out_dir, config=cfg, weight_decay=o.weight_decay, eval_every=o.eval_every, dataset=name,
-            evaluated=evaluated,
-        )  # fmt: skip
+            pre, train, test, o, device=dev, out_dir=out_dir, config=cfg, dataset=name, evaluated=evaluated
+        )
     result["out_dir"] = str(out_dir)
     print(
         f"finetune ({result['init']}, {o.labels}: {result['n_labelled']} labels, from head layer "

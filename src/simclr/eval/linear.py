@@ -66,6 +66,7 @@ def fit_linear(
     lr: float = FAST_LR,
     weight_decay: float = 0.0,
     seed: int = 0,
+    std_floor: float = 0.0,
 ) -> nn.Linear:
     """Multinomial logistic regression on cached features; returns ``nn.Linear`` acting on the raw features.
 
@@ -73,11 +74,13 @@ def fit_linear(
     the train set) so one learning rate suits every encoder; the standardisation is folded into the
     returned layer (W' = W / sd, b' = b - W' mu), which therefore maps raw features to logits (N, C).
     Adam with a cosine schedule over ``epochs`` passes of shuffled minibatches; no weight decay by
-    default, as in the paper's linear evaluation.
+    default, as in the paper's linear evaluation. ``std_floor`` (a fraction of the median std, e.g. 0.1) floors
+    each dimension's std, which keeps the folded weights moderate where features barely vary.
     """
     device = feats.device
     mu = feats.mean(0)
-    sd = feats.std(0).clamp_min(1e-5)  # dead (constant) dimensions stay 0 after standardising
+    sd = feats.std(0)
+    sd = sd.clamp_min(max(1e-5, std_floor * float(sd.median())))  # dead (constant) dimensions stay 0
     z = (feats - mu) / sd
     y = labels.to(device)
     n, dim = z.shape
