@@ -61,7 +61,7 @@ def test_pipeline_quick_end_to_end_and_skips_finished_stages(tmp_path, capsys):
     opts = PipelineOptions(fractions=("25%", "50%"), quick=True)
     table = run_pipeline(tiny_config(npz), out, opts)
 
-    stages = ["pretrain", "linear-eval"] + [
+    stages = ["pretrain", "linear-eval-paper", "linear-eval"] + [
         f"{s}-{f}" for f in ("25pct", "50pct") for s in ("finetune", "scratch", "distill")
     ]
     for stage in stages[1:]:
@@ -69,9 +69,16 @@ def test_pipeline_quick_end_to_end_and_skips_finished_stages(tmp_path, capsys):
     assert (out / "pretrain" / "summary.json").is_file()
     assert table["columns"] == ["25%", "50%", "100%"]
     names = [r["name"] for r in table["rows"]]
-    assert names == ["supervised (scratch)", "linear eval", "SimCLR fine-tune", "SimCLR distilled"]
+    assert names == [
+        "supervised (scratch)", "linear eval (fast proxy)", "linear eval (paper protocol)", "SimCLR fine-tune",
+        "SimCLR distilled",
+    ]  # fmt: skip
     rows = {r["key"]: r["cells"] for r in table["rows"]}
     assert set(rows["linear"]) == {"100%"} and set(rows["finetune"]) == {"25%", "50%"}
+    linear_paper = json.loads((out / "linear-eval-paper" / "metrics.json").read_text())
+    assert linear_paper["mode"] == "paper" and rows["linear"]["100%"]["top1"] == linear_paper["top1"]
+    assert set(table["stage_seconds"]) == {"pretrain", *stages[1:]}
+    assert all(v >= 0 for v in table["stage_seconds"].values()) and "Stage times" in (out / "results.md").read_text()
     assert rows["distill"]["25%"]["metrics"] == "distill-25pct/metrics.json"
     assert rows["finetune"]["25%"]["card"]["subset_hash"] == rows["scratch"]["25%"]["card"]["subset_hash"]
     distilled = json.loads((out / "distill-25pct" / "metrics.json").read_text())
@@ -87,7 +94,7 @@ def test_pipeline_quick_end_to_end_and_skips_finished_stages(tmp_path, capsys):
         assert f"| {name} |" in md
     cell = rows["finetune"]["50%"]
     assert f"[{cell['top1']:.2f} ({cell['top5']:.2f})](finetune-50pct/metrics.json)" in md
-    assert "| linear eval | - | - | [" in md
+    assert "| linear eval (paper protocol) | - | - | [" in md
     assert "Evaluation cards" in md
 
     # A second run skips every finished stage and rewrites the same table.
@@ -193,16 +200,19 @@ def test_a_pretraining_stopped_at_max_steps_is_resumed_not_skipped(tmp_path, cap
 def test_pipeline_distill_alpha_one_reads_no_label(tmp_path):
     """--distill-alpha 1: the student sees only the unlabelled images and the teacher's probabilities."""
     npz = write_npz(tmp_path / "tiny.npz")
-    opts = PipelineOptions(fractions=("50%",), quick=True, distill_alpha=1.0)
+    opts = PipelineOptions(fractions=("50%", "100%"), quick=True, distill_alpha=1.0)
     run_pipeline(tiny_config(npz), tmp_path / "pipe", opts)
+    assert not (tmp_path / "pipe" / "distill-100pct").exists()  # the demo distils the fractions under 100 %
     distilled = json.loads((tmp_path / "pipe" / "distill-50pct" / "metrics.json").read_text())
     assert distilled["alpha"] == 1.0 and distilled["n_labelled"] == 0
 
 
 def test_finetune_epochs_rule_on_fashion_mnist_sizes():
-    """150 steps and at least 3 epochs: 1 % (600 images, batch 120) 30, 10 % (6,000, batch 256) 7, 100 % 3."""
+    """150 steps, at least 1 epoch (--full: 3): 1 % (600 images, batch 120) 30, 10 % (6,000, batch 256) 7, 100 % 1."""
     from simclr.pipeline import finetune_epochs_for
 
     o = PipelineOptions()
-    assert [finetune_epochs_for(n, b, o) for n, b in ((600, 120), (6000, 256), (60000, 256))] == [30, 7, 3]
+    assert [finetune_epochs_for(n, b, o) for n, b in ((600, 120), (6000, 256), (60000, 256))] == [30, 7, 1]
+    full = PipelineOptions(full=True)
+    assert [finetune_epochs_for(n, b, full) for n, b in ((600, 120), (6000, 256), (60000, 256))] == [30, 7, 3]
     assert finetune_epochs_for(60000, 256, PipelineOptions(finetune_epochs=5)) == 5

@@ -55,14 +55,22 @@ from simclr.errors import SimCLRError
 from simclr.files import folder_lock, write_text
 from simclr.options import option, validate
 
-DISTILL_EPOCHS = 4
+DISTILL_EPOCHS = {"demo": 1, "full": 4}  # epochs over the unlabeled train images
 DISTILL_ALPHA = 0.5  # weight of the distillation term (teacher probabilities); 1 - alpha: the fraction's labels
+FINETUNE_MIN_EPOCHS = {"demo": 1, "full": 3}
+LINEAR_PAPER_EPOCHS = {"demo": 3, "full": 90}
+# The fine-tuning recipe of the pipeline (FinetuneOptions fields), per init; chosen by the search in
+# docs/results.md with the same grid and step budget for both inits.
+RECIPES: dict[str, dict[str, Any]] = {"pretrained": {}, "scratch": {}}
 ROWS = (  # (key, row name), in the table's order
     ("scratch", "supervised (scratch)"),
-    ("linear", "linear eval"),
+    ("linear_fast", "linear eval (fast proxy)"),
+    ("linear", "linear eval (paper protocol)"),
     ("finetune", "SimCLR fine-tune"),
     ("distill", "SimCLR distilled"),
 )
+FOLDERS = {"scratch": "scratch-{}", "linear_fast": "linear-eval", "linear": "linear-eval-paper",
+           "finetune": "finetune-{}", "distill": "distill-{}"}  # fmt: skip
 
 
 @dataclass
@@ -72,28 +80,40 @@ class PipelineOptions:
     fractions: tuple[str, ...] = option(
         ("1%", "10%", "100%"), "label fractions, e.g. 1%,10%", parse=lambda text: parse_fractions(text)
     )
+    full: bool = option(False, "the complete schedules (module docstring) instead of the short demo ones")
     pretrain_epochs: int | None = option(None, "override the preset's pretraining epochs", ge=1)
     finetune_epochs: int | None = option(None, "fine-tune / baseline epochs (default: finetune_steps)", ge=1)
     finetune_steps: int = option(150, "optimizer steps of a fine-tune / baseline stage", ge=1, cli=False)
-    finetune_min_epochs: int = option(3, "fewest fine-tune / baseline epochs", ge=1, cli=False)
+    finetune_min_epochs: int | None = option(None, "fewest fine-tune / baseline epochs (1, --full 3)", ge=1, cli=False)
     finetune_batch: int = option(256, "largest fine-tune / baseline batch", ge=1, cli=False)
-    distill_epochs: int | None = option(None, f"distillation epochs (default {DISTILL_EPOCHS})", ge=1)
+    distill_fractions: tuple[str, ...] | None = option(
+        None, "fractions distilled (default 1%,10% of --fractions; --full: all)", parse=lambda t: parse_fractions(t)
+    )
+    distill_epochs: int | None = option(None, "distillation epochs (default 1, --full 4)", ge=1)
     distill_unlabeled: int | None = option(None, "distil on a seeded subset of this many images", ge=1, cli=False)
+    distill_recipe: str = option("short", "short: SGD at the fine-tuning rate; paper: LARS with the pretraining "
+                                 "schedule", choices=("short", "paper"))  # fmt: skip
     distill_init: str = option("pretrained", "student start: pretrained, or scratch (the paper)",
                                choices=("pretrained", "scratch"))  # fmt: skip
     distill_temperature: float | None = option(None, "distillation tau (default 0.1, self-distillation)", gt=0)
     distill_alpha: float = option(DISTILL_ALPHA, "(1 - alpha) labelled CE + alpha distillation CE", ge=0, le=1)
     linear_epochs: int | None = option(None, "fast linear eval epochs (default 100)", ge=1, cli=False)
+    linear_paper_epochs: int | None = option(None, "paper-protocol linear eval epochs (default 3, --full 90)", ge=1)
     quick: bool = option(False, "a few steps per stage (smoke test)")
     seed: int = option(0, "label subsets and evaluation seed", ge=0, lt=2**63)
+
+    @property
+    def schedule(self) -> str:
+        return "full" if self.full else "demo"
 
 
 def finetune_epochs_for(n_labelled: int, batch_size: int, o: PipelineOptions) -> int:
     """Fine-tune / scratch epochs: ``o.finetune_epochs``, else enough for ``o.finetune_steps`` optimizer steps
-    of ``n_labelled // batch_size`` per epoch, and at least ``o.finetune_min_epochs``."""
+    of ``n_labelled // batch_size`` per epoch, and at least ``o.finetune_min_epochs`` (1, with --full 3)."""
     if o.finetune_epochs:
         return o.finetune_epochs
-    return max(o.finetune_min_epochs, math.ceil(o.finetune_steps / max(1, n_labelled // batch_size)))
+    least = o.finetune_min_epochs or FINETUNE_MIN_EPOCHS[o.schedule]
+    return max(least, math.ceil(o.finetune_steps / max(1, n_labelled // batch_size)))
 
 
 def fraction_tag(spec: str) -> str:
@@ -132,10 +152,14 @@ def _quick(cfg: Config, o: PipelineOptions) -> None:
     o.distill_epochs = o.distill_epochs or 1
     o.distill_unlabeled = min(o.distill_unlabeled or 10**9, 64)
     o.linear_epochs = o.linear_epochs or 5
+    o.linear_paper_epochs = o.linear_paper_epochs or 1
 
 
 def _stage(out: Path, name: str, run: Callable[..., dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-    """``run(out_dir=out/name, **kwargs)`` unless ``out/name/metrics.json`` exists; returns the metrics."""
+    """``run(out_dir=out/name, **kwargs)`` unless ``out/name/metrics.json`` exists; returns the metrics.
+
+    The stage's wall-clock seconds (of the run that made it) are kept in ``metrics["stage_seconds"]``.
+    """
     folder = out / name
     metrics = folder / "metrics.json"
     if metrics.is_file():
@@ -144,7 +168,12 @@ def _stage(out: Path, name: str, run: Callable[..., dict[str, Any]], **kwargs: A
     print(f"pipeline: {name} ...", flush=True)
     t0 = time.perf_counter()
     result = run(out_dir=folder, **kwargs)
-    print(f"pipeline: {name}: top-1 {result['top1']:.2f} % ({time.perf_counter() - t0:.0f} s)", flush=True)
+    result["stage_seconds"] = round(time.perf_counter() - t0, 1)
+    if metrics.is_file():  # keep the time with the metrics, so a continued pipeline still reports it
+        saved = json.loads(metrics.read_text())
+        saved["stage_seconds"] = result["stage_seconds"]
+        write_text(metrics, json.dumps(saved, indent=2) + "\n", "stage metrics")
+    print(f"pipeline: {name}: top-1 {result['top1']:.2f} % ({result['stage_seconds']:.0f} s)", flush=True)
     return result
 
 
@@ -176,28 +205,33 @@ def _pretrain_stage(cfg: Config, folder: Path) -> dict[str, Any]:
             return done
     resume = (folder / "checkpoints" / "last.pt").is_file()
     print(f"pipeline: pretrain{' (resumed)' if resume else ''} ...", flush=True)
-    return pretrain(cfg, folder, resume=resume)
+    t0 = time.perf_counter()
+    done = pretrain(cfg, folder, resume=resume)
+    if summary.is_file() and done.get("status") != "interrupted":  # the time of this (last) run, for the table
+        from simclr.eval.card import write_json_atomic
+
+        done["stage_seconds"] = round(time.perf_counter() - t0, 1)
+        write_json_atomic(summary, {**json.loads(summary.read_text()), "stage_seconds": done["stage_seconds"]})
+    return done
 
 
 def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | None = None) -> dict[str, Any]:
     """Pretrain, evaluate, fine-tune, train the baselines, distil; write ``results.md`` / ``results.json``.
 
     ``config``: the pretraining configuration (preset, data, overrides); ``out``: the pipeline folder.
-    Returns the results dict (``rows`` of cells with top-1 / top-5 and the path of their metrics), or
-    ``{"status": "interrupted"}`` when pretraining was stopped by a signal (run again to resume).
+    Returns the results dict (``rows`` of cells with top-1 / top-5 and the path of their metrics, and
+    ``stage_seconds``), or ``{"status": "interrupted"}`` when pretraining was stopped by a signal (run again to
+    resume).
     """
     from simclr.checkpoint import load_pretrained
-    from simclr.data.access import without_labels
-    from simclr.distill import DistillOptions
-    from simclr.eval.features import load_eval_data, scaled_batch_size
-    from simclr.eval.finetune import finetune
-    from simclr.eval.linear import linear_eval
-    from simclr.eval.subsets import select_labels
+    from simclr.eval.features import load_eval_data
     from simclr.runtime import resolve_device
 
     t0 = time.perf_counter()
     o = dataclasses.replace(options) if options is not None else PipelineOptions()
     o.fractions = parse_fractions(o.fractions)
+    if o.distill_fractions is not None:
+        o.distill_fractions = parse_fractions(o.distill_fractions)
     validate(o)
     cfg = dataclasses.replace(
         config, train=dataclasses.replace(config.train), monitor=dataclasses.replace(config.monitor)
@@ -217,62 +251,11 @@ def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | Non
     device = resolve_device(cfg.train.device)
     pre = load_pretrained(out / "pretrain", device)
     train, test, name = load_eval_data(pre.config)
-    unlabeled = without_labels(train)  # what distillation sees with alpha = 1
-    results: dict[str, dict[str, dict[str, Any]]] = {key: {} for key, _ in ROWS}
+    results = _evaluate(out, o, pre, train, test, name, device)
+    seconds = {"pretrain": summary["stage_seconds"]} if "stage_seconds" in summary else {}
+    seconds.update({stage: r["stage_seconds"] for stage, r in _stage_results(results) if "stage_seconds" in r})
 
-    results["linear"]["100%"] = _stage(
-        out,
-        "linear-eval",
-        linear_eval,
-        pretrained=pre,
-        train=train,
-        test=test,
-        mode="fast",
-        epochs=o.linear_epochs,
-        seed=o.seed,
-        device=device,
-        dataset=name,
-    )
-    for frac in o.fractions:
-        tag = fraction_tag(frac)
-        n = len(select_labels(train.labels, frac, o.seed, train.names))
-        batch = scaled_batch_size(n, o.finetune_batch)
-        epochs = finetune_epochs_for(n, batch, o)
-        common = dict(
-            train=train,
-            test=test,
-            labels=frac,
-            epochs=epochs,
-            batch_size=batch,
-            seed=o.seed,
-            device=device,
-            eval_every=epochs,
-            dataset=name,
-        )
-        results["finetune"][frac] = _stage(out, f"finetune-{tag}", finetune, init=pre, **common)
-        results["scratch"][frac] = _stage(out, f"scratch-{tag}", finetune, init=None, config=pre.config, **common)
-        dopts = DistillOptions(
-            temperature=o.distill_temperature,
-            alpha=o.distill_alpha,
-            epochs=o.distill_epochs or DISTILL_EPOCHS,
-            max_unlabeled=o.distill_unlabeled,
-            seed=o.seed,
-            batch_size=16 if o.quick else None,
-        )
-        results["distill"][frac] = _stage(
-            out,
-            f"distill-{tag}",
-            _distill_stage,
-            teacher_dir=out / f"finetune-{tag}",
-            device=device,
-            train=unlabeled if o.distill_alpha >= 1 else train,
-            test=test,
-            options=dopts,
-            student_init=pre if o.distill_init == "pretrained" else None,
-            dataset=name,
-        )
-
-    table = write_results(out, results, o.fractions, pre, name, summary, time.perf_counter() - t0)
+    table = write_results(out, results, o.fractions, pre, name, summary, time.perf_counter() - t0, seconds)
     print(f"pipeline: results table -> {out / 'results.md'} (and results.json)", flush=True)
     try:
         from simclr.report import write_report
@@ -282,6 +265,67 @@ def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | Non
         where = write_report(out)
         print(f"pipeline: report -> {where or out}", flush=True)
     return table
+
+
+def _stage_results(results: dict[str, dict[str, dict[str, Any]]]):
+    """(stage folder name, metrics) of every evaluation stage."""
+    for key, cells in results.items():
+        for col, result in cells.items():
+            yield FOLDERS[key].format(fraction_tag(col)), result
+
+
+def _evaluate(out: Path, o: PipelineOptions, pre: Any, train: Any, test: Any, name: str, device: Any):
+    """The evaluation stages on a pretrained run: linear (paper protocol and fast proxy), then per fraction
+    fine-tuning, the scratch baseline and (for the distilled fractions) distillation."""
+    from simclr.data.access import without_labels
+    from simclr.eval.features import scaled_batch_size
+    from simclr.eval.finetune import FinetuneOptions, finetune
+    from simclr.eval.linear import linear_eval
+    from simclr.eval.subsets import select_labels
+
+    results: dict[str, dict[str, dict[str, Any]]] = {key: {} for key, _ in ROWS}
+    linear = dict(pretrained=pre, train=train, test=test, seed=o.seed, device=device, dataset=name)
+    paper_epochs = o.linear_paper_epochs or LINEAR_PAPER_EPOCHS[o.schedule]
+    results["linear"]["100%"] = _stage(out, "linear-eval-paper", linear_eval, mode="paper", epochs=paper_epochs,
+                                       batch_size=64 if o.quick else None, **linear)  # fmt: skip
+    results["linear_fast"]["100%"] = _stage(out, "linear-eval", linear_eval, mode="fast", epochs=o.linear_epochs,
+                                            **linear)  # fmt: skip
+    distilled = o.distill_fractions or (o.fractions if o.full else tuple(f for f in o.fractions if f != "100%"))
+    unlabeled = without_labels(train)  # what distillation sees with alpha = 1
+    for frac in o.fractions:
+        tag = fraction_tag(frac)
+        n = len(select_labels(train.labels, frac, o.seed, train.names))
+        batch = scaled_batch_size(n, o.finetune_batch)
+        epochs = finetune_epochs_for(n, batch, o)
+        common = dict(train=train, test=test, device=device, dataset=name)
+        for key, init in (("finetune", pre), ("scratch", None)):
+            recipe = FinetuneOptions(labels=frac, epochs=epochs, batch_size=batch, seed=o.seed, eval_every=epochs,
+                                     **RECIPES["pretrained" if init is not None else "scratch"])  # fmt: skip
+            results[key][frac] = _stage(out, FOLDERS[key].format(tag), finetune, init=init, options=recipe,
+                                        config=pre.config, **common)  # fmt: skip
+        if frac in distilled:
+            results["distill"][frac] = _stage(
+                out, f"distill-{tag}", _distill_stage, teacher_dir=out / f"finetune-{tag}", device=device,
+                train=unlabeled if o.distill_alpha >= 1 else train, test=test, options=_distill_options(o),
+                student_init=pre if o.distill_init == "pretrained" else None, dataset=name,
+            )  # fmt: skip
+    return results
+
+
+def _distill_options(o: PipelineOptions) -> Any:
+    """The distillation recipe: ``short`` (SGD at the fine-tuning rate, the CPU default) or ``paper`` (LARS
+    with the teacher's pretraining learning rate, weight decay and warmup share)."""
+    from simclr.distill import DistillOptions
+
+    return DistillOptions(
+        temperature=o.distill_temperature,
+        alpha=o.distill_alpha,
+        epochs=o.distill_epochs or DISTILL_EPOCHS[o.schedule],
+        max_unlabeled=o.distill_unlabeled,
+        seed=o.seed,
+        optimizer="lars" if o.distill_recipe == "paper" else "sgd",
+        batch_size=16 if o.quick else None,
+    )
 
 
 def _record_options(out: Path, o: PipelineOptions) -> None:
@@ -317,17 +361,17 @@ def write_results(
     dataset: str,
     summary: dict[str, Any],
     wall_clock_s: float,
+    stage_seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """``results.json`` and ``results.md``: rows = models, columns = label fractions, top-1 (top-5)."""
     from simclr.eval.card import write_json_atomic
 
     columns = list(fractions) + ([] if "100%" in fractions else ["100%"])
-    folders = {"scratch": "scratch-{}", "linear": "linear-eval", "finetune": "finetune-{}", "distill": "distill-{}"}
     rows = []
     for key, label in ROWS:
         cells = {}
         for col, result in results[key].items():
-            metrics = f"{folders[key].format(fraction_tag(col))}/metrics.json"
+            metrics = f"{FOLDERS[key].format(fraction_tag(col))}/metrics.json"
             cells[col] = _cell(result, metrics)
         rows.append({"key": key, "name": label, "cells": cells})
     m = pre.config.model
@@ -346,6 +390,7 @@ def write_results(
         "rows": rows,
         "metric": "top-1 (top-5) accuracy, percent, test split",
         "wall_clock_s": round(wall_clock_s, 1),
+        "stage_seconds": stage_seconds or {},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json_atomic(out / "results.json", table)
@@ -384,6 +429,9 @@ def format_results(table: dict[str, Any]) -> str:
                 f"seed {card.get('seed')}, {card.get('epochs')} epochs, batch {card.get('batch_size')}, "
                 f"checkpoint {sha}, {card.get('device')}, {card.get('wall_clock_s')} s"
             )
+    if table.get("stage_seconds"):
+        stages = ", ".join(f"{k} {v:.0f} s" for k, v in table["stage_seconds"].items())
+        lines += ["", f"Stage times (of the run that made each stage): {stages}."]
     lines += [
         "",
         f"This run of the pipeline took {table['wall_clock_s']:.0f} s (stages done before were skipped); "
