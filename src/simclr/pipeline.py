@@ -3,37 +3,33 @@
 ``run_pipeline(config, out)`` runs, each stage into its own folder of ``out``:
 
 1. ``pretrain/`` — contrastive pretraining (:func:`simclr.engine.pretrain`);
-2. ``linear-eval/`` — linear evaluation of the frozen encoder (``fast`` mode, all labels);
+2. ``linear-eval-paper/`` — linear evaluation of the frozen encoder with the paper's protocol (the reported
+   row) and ``linear-eval/`` — the ``fast`` protocol on cached features beside it, labelled as a proxy;
 3. for each label fraction F (default 1 %, 10 % and 100 %): ``finetune-<F>/`` (fine-tuning of the pretrained
    network on the subset), ``scratch-<F>/`` (the supervised baseline: the same network and labels, random
-   init), ``distill-<F>/`` (self-distillation of the fine-tuned teacher into a student of the same size on
-   the unlabeled train images, no labels read);
+   init, the same number of steps), and for the distilled fractions ``distill-<F>/`` (self-distillation of
+   the fine-tuned teacher into a student of the same size);
 4. ``results.md`` / ``results.json`` — one table in the paper's layout (rows: models, columns: label
-   fractions, cells: top-1 (top-5) on the test split, each linked to its ``metrics.json`` and card), and the
-   report when :mod:`simclr.report` is installed.
+   fractions, cells: top-1 (top-5) on the test split, each linked to its ``metrics.json`` and card), the
+   time of every stage, and the report when :mod:`simclr.report` can draw.
 
 Folder names spell the fraction without ``%`` (``finetune-1pct``). A stage whose ``metrics.json`` exists is
 skipped, so a stopped pipeline continues where it stopped; pretraining resumes from its last checkpoint and
 distillation from its last epoch. Delete a stage's folder to run it again.
 
-Defaults are sized for small datasets on a CPU (the README demo: Fashion-MNIST, about 39 minutes on two
-idle cores: 8.5 pretraining, 21.5 distilling). They are short, documented stand-ins for the paper's schedules:
+Two schedules. The default (``demo``) is sized for a small dataset on a CPU; ``--full`` is the complete one:
 
+- linear evaluation, paper protocol: 3 epochs (``--full``: the paper's 90);
 - fine-tuning and the scratch baseline: batch min(256, n / 5), enough epochs for ``finetune_steps`` = 150
-  optimizer steps and at least ``finetune_min_epochs`` = 3 (1 % of Fashion-MNIST: 30 epochs of 5 steps;
-  10 %: 7 epochs of 23 steps; 100 %: 3 epochs of 234 steps: with one epoch, fine-tuning at 100 % stayed
-  3.4 points under the linear probe), evaluated after the last epoch; the optimizers and learning rates
-  are :func:`~simclr.eval.finetune.finetune`'s;
-- distillation: 4 epochs over all unlabeled train images (936 steps on Fashion-MNIST), tau 0.1,
-  alpha 0.5 (half the loss on the teacher's tempered probabilities over the unlabeled images, half on the
-  fraction's own labels; ``--distill-alpha 1`` reads no label), SGD at the fine-tuning rate
-  (:mod:`simclr.distill`), the student starting from the pretrained network: from random weights and at
-  tau 0.1 it reached only 69 % after 384 steps where the teacher had 77 % (the paper trains students for
-  hundreds of epochs); ``--distill-init scratch`` runs that setting. On the demo's 1 % teacher (79.55 %,
-  views at 40 px) alpha 1 reached 78.81 % and alpha 0.5 79.95 % (79.90 % with seed 1); with the earlier
-  28 px preset alpha 1 reached 79.00 % after 2 epochs and 79.89 % after 4 against a 79.37 % teacher, and 6
-  epochs over a 16,384-image subsample (384 steps) 79.2 % against 79.8 %: unlabeled variety matters more
-  than epochs.
+  optimizer steps and at least 1 epoch (``--full``: 3), evaluated after the last epoch; each init uses its
+  recipe of :data:`RECIPES` (chosen by a search with the same budget for both, see docs/results.md) on top of
+  :func:`~simclr.eval.finetune.finetune`'s defaults;
+- distillation: the fractions under 100 % (``--full``: all), 1 epoch over the unlabeled train images
+  (``--full``: 4), tau 0.1, alpha 0.5 (half the loss on the teacher's tempered probabilities, half on the
+  fraction's own labels; ``--distill-alpha 1`` reads no label), the student starting from the pretrained
+  network (``--distill-init scratch``: the paper's setting); ``--distill-recipe short`` trains with SGD at
+  the fine-tuning rate, ``paper`` with LARS and the teacher's pretraining learning rate, weight decay and
+  warmup share (:mod:`simclr.distill`).
 
 ``quick=True`` shrinks every stage to a few steps (smoke tests, CI).
 """
