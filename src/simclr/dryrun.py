@@ -198,8 +198,6 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
     linearly to the configured batch (an estimate, said so), and the largest batch from the memory
     available. Prints the report with ``out`` and returns it as a dict.
     """
-    import torch
-
     from simclr.config import micro_batch_images
     from simclr.runtime import resolve_device, set_kernel_flags
     from simclr.step import build_parts
@@ -238,89 +236,109 @@ def dry_run(cfg, steps: int = 3, warmup: int = 1, max_cpu_pixels: int = 2**17, o
         out(f"  gradient caching: {passes}{ckpt}{bound}")
 
     if device.type == "cuda":
-        resident = data.images.to(device) if hasattr(data, "images") else None  # in memory: held on the GPU
-        largest, fit = None, _fits(parts, shape, batch, device, steps, warmup)
-        if fit is not None:
-            step_s, peak = fit
-            largest, b = batch, batch * 2
-            while b <= 64 * batch and _fits(parts, shape, b, device) is not None:
-                largest, b = b, b * 2
-        else:
-            step_s = peak = None
-            b = batch // 2
-            while b >= 1 and largest is None:
-                largest = b if _fits(parts, shape, b, device) is not None else None
-                b //= 2
-        report.update(
-            estimated=False,
-            step_time_s=step_s,
-            peak_memory_bytes=peak,
-            largest_batch=largest,
-            largest_batch_note="measured: doubling until out of memory (capped at 64x)",
-        )
-        del resident
-        if note:
-            out("  note: random images stand in for the dataset, which the engine would also hold on the GPU")
-        if fit is None:
-            out(f"  batch {batch} does NOT fit in GPU memory; largest that fits: {largest}")
+        report.update(_cuda_estimate(parts, data, shape, batch, device, steps, warmup, note, out))
     else:
-        b2 = batch
-        while b2 > 2 and b2 * image_size * image_size > max_cpu_pixels:
-            b2 //= 2
-        b1 = max(1, b2 // 2)
-        g = torch.Generator().manual_seed(0)
-        meas = {}
-        for b in sorted({b1, b2}):  # smaller first: the peak RSS only grows
-            images = torch.randint(0, 256, (b, *shape), generator=g, dtype=torch.uint8)
-            meas[b] = _measure(parts, images, steps, warmup, device)
-        (t1, m1), (t2, m2) = meas[b1], meas[b2]
-        # A step never gets faster with more images: two noisy timings (a loaded CPU) must not make the
-        # extrapolated step time shrink, or go negative.
-        slope_t = max((t2 - t1) / (b2 - b1), 0.0) if b2 > b1 else t2 / b2
-        slope_m = max((m2 - m1) / (b2 - b1), 1.0) if b2 > b1 else 0.0
-        step_s = t2 + slope_t * (batch - b2)
-        peak = int(m2 + slope_m * (batch - b2))
-        available = _available_memory() + _proc_status()["VmRSS"]
-        largest = max(int(b2 + (available - m2) / slope_m), 0) if slope_m > 0 else None
-        for b, (t, m) in sorted(meas.items()):
-            out(f"  measured batch {b}: {t:.3f} s/step, process peak RSS {_mib(m)} MiB")
-        report.update(
-            estimated=batch != b2,
-            measured={str(b): {"step_time_s": t, "peak_rss_bytes": m} for b, (t, m) in meas.items()},
-            step_time_s=step_s,
-            peak_memory_bytes=peak,
-            largest_batch=largest,
-            largest_batch_note=f"estimate: linear in batch from {b1} and {b2}, {_mib(available)} MiB usable",
-        )
+        report.update(_cpu_estimate(parts, shape, batch, image_size, device, steps, warmup, max_cpu_pixels, out))
     if report["step_time_s"] is not None:
-        est = " (ESTIMATE: extrapolated linearly)" if report.get("estimated") else ""
-        kind = "GPU memory allocated" if device.type == "cuda" else "process RSS"
-        out(
-            f"  at batch {batch}{est}: {report['step_time_s']:.3f} s/step, {batch / report['step_time_s']:.1f} "
-            f"images/s, peak {kind} {_mib(report['peak_memory_bytes'])} MiB"
-        )
-        report["images_per_sec"] = batch / report["step_time_s"]
-        n = len(data) if not note else KNOWN_SIZES.get((cfg.data.dataset, cfg.data.train_split))
-        if n:
-            steps_per_epoch = n // batch
-            total = cfg.train.epochs * steps_per_epoch
-            if cfg.train.max_steps is not None:
-                total = min(total, cfg.train.max_steps)
-            report.update(
-                steps_per_epoch=steps_per_epoch,
-                epoch_time_s=steps_per_epoch * report["step_time_s"],
-                run_steps=total,
-                run_time_s=total * report["step_time_s"],
-            )
-            out(
-                f"  epoch: {steps_per_epoch} steps = {_human_time(report['epoch_time_s'])}; run: {total} steps = "
-                f"{_human_time(report['run_time_s'])} (without the kNN monitor and checkpoints)"
-            )
-        else:
-            out("  epoch time: unknown number of images (dataset not found)")
+        _run_time(report, cfg, data, note, device, out)
     if report.get("largest_batch") is not None:
         out(f"  largest batch that fits: {report['largest_batch']} ({report['largest_batch_note']})")
     return report
+
+
+def _cuda_estimate(parts, data, shape, batch: int, device, steps: int, warmup: int, note, out) -> dict[str, Any]:
+    """CUDA: the configured batch measured, then doubled (or halved when it does not fit) until out of memory."""
+    resident = data.images.to(device) if hasattr(data, "images") else None  # in memory: held on the GPU
+    largest, fit = None, _fits(parts, shape, batch, device, steps, warmup)
+    if fit is not None:
+        step_s, peak = fit
+        largest, b = batch, batch * 2
+        while b <= 64 * batch and _fits(parts, shape, b, device) is not None:
+            largest, b = b, b * 2
+    else:
+        step_s = peak = None
+        b = batch // 2
+        while b >= 1 and largest is None:
+            largest = b if _fits(parts, shape, b, device) is not None else None
+            b //= 2
+    found = dict(
+        estimated=False,
+        step_time_s=step_s,
+        peak_memory_bytes=peak,
+        largest_batch=largest,
+        largest_batch_note="measured: doubling until out of memory (capped at 64x)",
+    )
+    del resident
+    if note:
+        out("  note: random images stand in for the dataset, which the engine would also hold on the GPU")
+    if fit is None:
+        out(f"  batch {batch} does NOT fit in GPU memory; largest that fits: {largest}")
+    return found
+
+
+def _cpu_estimate(parts, shape, batch: int, image_size: int, device, steps: int, warmup: int, max_cpu_pixels: int,
+                  out) -> dict[str, Any]:  # fmt: skip
+    """CPU: two measured batches b/2 and b, step time and peak RSS extrapolated linearly to ``batch``."""
+    import torch
+
+    b2 = batch
+    while b2 > 2 and b2 * image_size * image_size > max_cpu_pixels:
+        b2 //= 2
+    b1 = max(1, b2 // 2)
+    g = torch.Generator().manual_seed(0)
+    meas = {}
+    for b in sorted({b1, b2}):  # smaller first: the peak RSS only grows
+        images = torch.randint(0, 256, (b, *shape), generator=g, dtype=torch.uint8)
+        meas[b] = _measure(parts, images, steps, warmup, device)
+    (t1, m1), (t2, m2) = meas[b1], meas[b2]
+    # A step never gets faster with more images: two noisy timings (a loaded CPU) must not make the
+    # extrapolated step time shrink, or go negative.
+    slope_t = max((t2 - t1) / (b2 - b1), 0.0) if b2 > b1 else t2 / b2
+    slope_m = max((m2 - m1) / (b2 - b1), 1.0) if b2 > b1 else 0.0
+    step_s = t2 + slope_t * (batch - b2)
+    peak = int(m2 + slope_m * (batch - b2))
+    available = _available_memory() + _proc_status()["VmRSS"]
+    largest = max(int(b2 + (available - m2) / slope_m), 0) if slope_m > 0 else None
+    for b, (t, m) in sorted(meas.items()):
+        out(f"  measured batch {b}: {t:.3f} s/step, process peak RSS {_mib(m)} MiB")
+    return dict(
+        estimated=batch != b2,
+        measured={str(b): {"step_time_s": t, "peak_rss_bytes": m} for b, (t, m) in meas.items()},
+        step_time_s=step_s,
+        peak_memory_bytes=peak,
+        largest_batch=largest,
+        largest_batch_note=f"estimate: linear in batch from {b1} and {b2}, {_mib(available)} MiB usable",
+    )
+
+
+def _run_time(report: dict[str, Any], cfg, data, note, device, out) -> None:
+    """Adds throughput, epoch and run time at the configured batch to ``report`` and prints them."""
+    batch = cfg.train.batch_size
+    est = " (ESTIMATE: extrapolated linearly)" if report.get("estimated") else ""
+    kind = "GPU memory allocated" if device.type == "cuda" else "process RSS"
+    out(
+        f"  at batch {batch}{est}: {report['step_time_s']:.3f} s/step, {batch / report['step_time_s']:.1f} "
+        f"images/s, peak {kind} {_mib(report['peak_memory_bytes'])} MiB"
+    )
+    report["images_per_sec"] = batch / report["step_time_s"]
+    n = len(data) if not note else KNOWN_SIZES.get((cfg.data.dataset, cfg.data.train_split))
+    if n:
+        steps_per_epoch = n // batch
+        total = cfg.train.epochs * steps_per_epoch
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        report.update(
+            steps_per_epoch=steps_per_epoch,
+            epoch_time_s=steps_per_epoch * report["step_time_s"],
+            run_steps=total,
+            run_time_s=total * report["step_time_s"],
+        )
+        out(
+            f"  epoch: {steps_per_epoch} steps = {_human_time(report['epoch_time_s'])}; run: {total} steps = "
+            f"{_human_time(report['run_time_s'])} (without the kNN monitor and checkpoints)"
+        )
+    else:
+        out("  epoch time: unknown number of images (dataset not found)")
 
 
 def _available_memory() -> int:

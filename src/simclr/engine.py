@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ from simclr.runfolder import (
 )
 from simclr.runtime import progress as runtime_progress
 from simclr.runtime import resolve_device, set_kernel_flags
-from simclr.step import PretrainModule, build_parts, step_objective, train_step
+from simclr.step import PretrainModule, StepStats, TrainParts, build_parts, step_objective, train_step
 
 
 def load_training_data(cfg: Config) -> Data:
@@ -103,6 +104,50 @@ def _setup(cfg: Config, dist: DistInfo) -> torch.device:
     return device
 
 
+def _nchw_notice(is_main: bool, kept: list[str]) -> None:
+    """The main rank says which convolutions :func:`~simclr.step.build_parts` kept in NCHW."""
+    if is_main:
+        names = ", ".join(kept[:3]) + (", ..." if len(kept) > 3 else "")
+        print(f"simclr pretrain: {len(kept)} convolution(s) kept in NCHW: this torch build crashes on them "
+              f"in channels_last ({names})", flush=True)  # fmt: skip
+
+
+def _knn_monitor(cfg: Config, data: Data, image_size: int, mean, std, device) -> KnnMonitor:
+    """The kNN monitor on the run's evaluation view (centre crop at ``image_size``)."""
+    a = cfg.augment
+    evaluate = EvalTransform(image_size, a.eval_crop_fraction, mean, std, a.normalize, a.eval_interpolation)
+    return KnnMonitor.from_config(cfg, data, evaluate, device)
+
+
+def _announce(cfg: Config, data: Data, parts: TrainParts, device, run_dir: Path) -> None:
+    """The run's one-line summary: data, encoder, batch, schedule, device, folder."""
+    t = cfg.train
+    n_params = sum(p.numel() for p in parts.model.encoder.parameters()) / 1e6
+    print(
+        f"simclr pretrain: {len(data)} images (stored side {stored_side(data)}) from {data.source}, "
+        f"{cfg.model.arch} x{cfg.model.width_multiplier} ({n_params:.2f}M encoder params), batch "
+        f"{t.batch_size}, {t.epochs} epochs = {parts.total_steps} steps, peak lr {parts.peak_lr:.4g}, "
+        f"device {device}, run folder {run_dir}",
+        flush=True,
+    )
+
+
+def _count_skipped(state: RunState, stats: StepStats, max_bad_steps: int, run_dir: Path, ckpt_path: Path) -> None:
+    """Counts a step the guard skipped (non-finite loss or gradient); too many in a row stop the run."""
+    if stats.applied:
+        state.bad_steps = 0
+        return
+    state.bad_steps += 1
+    state.skipped_steps += 1
+    if state.bad_steps >= max_bad_steps:
+        kept = f"the last good checkpoint {ckpt_path} is intact" if ckpt_path.exists() else (
+            "no checkpoint was written yet")  # fmt: skip
+        raise SimCLRError(
+            f"{run_dir}: non-finite loss or gradient at step {state.step + 1} (lr {stats.lr:.4g}), "
+            f"{state.bad_steps} steps in a row (train.max_bad_steps); {kept}"
+        )
+
+
 def _train(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) -> dict:
     t = cfg.train
     device = _setup(cfg, dist)
@@ -122,15 +167,9 @@ def _train(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) -> di
         raise SimCLRError(f"{data.source}: {len(data)} images are fewer than one batch of {t.batch_size}")
 
     # ---- the trainable parts (model, optimizer, augmentation, memory), restored on resume --------------
-    def nchw_notice(kept: list[str]) -> None:
-        if dist.is_main:
-            names = ", ".join(kept[:3]) + (", ..." if len(kept) > 3 else "")
-            print(f"simclr pretrain: {len(kept)} convolution(s) kept in NCHW: this torch build crashes on them "
-                  f"in channels_last ({names})", flush=True)  # fmt: skip
-
     parts = build_parts(
         cfg, image_size, num_classes, device, steps_per_epoch=steps_per_epoch, mean=mean, std=std,
-        rank=dist.rank, world_size=dist.world_size, on_nchw=nchw_notice,
+        rank=dist.rank, world_size=dist.world_size, on_nchw=partial(_nchw_notice, dist.is_main),
     )  # fmt: skip
     state = restore_run(parts, saved, ckpt_path, dist) if saved is not None else RunState()
     del saved
@@ -144,20 +183,9 @@ def _train(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) -> di
     # Resuming drops lines logged after the checkpoint; a fresh start drops those of a run killed before
     # its first checkpoint (they would be logged twice, one of them possibly cut in half).
     log.truncate_after(state.step)
-    knn = None
-    if dist.is_main and cfg.monitor.knn:
-        a = cfg.augment
-        evaluate = EvalTransform(image_size, a.eval_crop_fraction, mean, std, a.normalize, a.eval_interpolation)
-        knn = KnnMonitor.from_config(cfg, data, evaluate, device)
+    knn = _knn_monitor(cfg, data, image_size, mean, std, device) if dist.is_main and cfg.monitor.knn else None
     if dist.is_main:
-        n_params = sum(p.numel() for p in parts.model.encoder.parameters()) / 1e6
-        print(
-            f"simclr pretrain: {len(data)} images (stored side {stored_side(data)}) from {data.source}, "
-            f"{cfg.model.arch} x{cfg.model.width_multiplier} ({n_params:.2f}M encoder params), batch "
-            f"{t.batch_size}, {t.epochs} epochs = {parts.total_steps} steps, peak lr {parts.peak_lr:.4g}, "
-            f"device {device}, run folder {run_dir}",
-            flush=True,
-        )
+        _announce(cfg, data, parts, device, run_dir)
 
     progress = runtime_progress(total=parts.total_steps, initial=state.step, unit="step", enabled=dist.is_main)
     max_steps = t.max_steps if t.max_steps is not None else parts.total_steps
@@ -183,18 +211,7 @@ def _train(cfg: Config, run_dir: Path, saved: dict | None, dist: DistInfo) -> di
             for batch in source:
                 images, labels = batch.images, batch.labels
                 stats = train_step(parts, images, labels, state.step, batch.sizes, agree=agree)
-                if stats.applied:
-                    state.bad_steps = 0
-                else:  # skipped, counted; the run stops after too many in a row
-                    state.bad_steps += 1
-                    state.skipped_steps += 1
-                    if state.bad_steps >= t.max_bad_steps:
-                        kept = f"the last good checkpoint {ckpt_path} is intact" if ckpt_path.exists() else (
-                            "no checkpoint was written yet")  # fmt: skip
-                        raise SimCLRError(
-                            f"{run_dir}: non-finite loss or gradient at step {state.step + 1} (lr {stats.lr:.4g}), "
-                            f"{state.bad_steps} steps in a row (train.max_bad_steps); {kept}"
-                        )
+                _count_skipped(state, stats, t.max_bad_steps, run_dir, ckpt_path)
                 log.add(stats, images.shape[0] * dist.world_size)
                 state.step += 1
                 state.batch_in_epoch += 1

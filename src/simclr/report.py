@@ -16,12 +16,12 @@ and shows, each section skipped with a note when its input is missing:
 - the results table (``results.json`` of a pipeline) and the evaluation card of every ``metrics.json``.
 
 Figures are drawn with matplotlib's Agg canvas (no display needed) and embedded in the page as base64 PNG.
+The HTML tables (run facts, results, evaluation cards) and the style sheet are in :mod:`simclr.report_html`.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import importlib.util
 import json
 import os
@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simclr.errors import SimCLRError
-from simclr.eval.card import SUMMARY_FIELDS
 from simclr.files import folder_lock, write_text
 from simclr.health import health_summary, interpret
 from simclr.preview import (
@@ -47,6 +46,7 @@ from simclr.preview import (
     retrieval_figure,
     save_figure,
 )
+from simclr.report_html import STYLE, escape, results_html, run_facts
 
 # ---- inputs ------------------------------------------------------------------------------------------------
 
@@ -125,81 +125,7 @@ def embedding_maps(h: Tensor, seed: int) -> list[tuple[str, Tensor, str]]:
     return maps
 
 
-# ---- results and cards -------------------------------------------------------------------------------------
-
-_CARD_COLUMNS = SUMMARY_FIELDS
-
-
-def _e(x: Any) -> str:
-    return html.escape("" if x is None else str(x))
-
-
-def results_html(root: Path, page_dir: Path) -> str:
-    """The pipeline's results table (if any) and one row per ``metrics.json`` with its evaluation card."""
-    parts = []
-    rel = os.path.relpath(root, page_dir)
-    table_path = root / "results.json"
-    if table_path.is_file():
-        t = json.loads(table_path.read_text())
-        head = "".join(f"<th>{_e(c)} labels</th>" for c in t.get("columns", []))
-        rows = []
-        for row in t.get("rows", []):
-            cells = []
-            for col in t.get("columns", []):
-                c = row.get("cells", {}).get(col)
-                link = f"{rel}/{c['metrics']}" if c else ""
-                cells.append(
-                    f"<td><a href='{_e(link)}'>{c['top1']:.2f} ({c['top5']:.2f})</a></td>" if c else "<td>-</td>"
-                )
-            rows.append(f"<tr><td>{_e(row.get('name'))}</td>{''.join(cells)}</tr>")
-        parts.append(
-            f"<p>{_e(t.get('metric', ''))}; dataset {_e(t.get('dataset'))}.</p>"
-            f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
-        )
-    elif (root / "results.md").is_file():
-        parts.append(f"<pre>{_e((root / 'results.md').read_text())}</pre>")
-    found = sorted(p for p in root.rglob("metrics.json") if page_dir not in p.parents)
-    cards = []
-    for p in found:
-        try:
-            m = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        card = m.get("card", {}) if isinstance(m, dict) else {}
-        where = p.relative_to(root).parent.as_posix() or "."
-        top = [f"{m[k]:.2f}" if isinstance(m.get(k), int | float) else "" for k in ("top1", "top5")]
-        values = [
-            str(card.get(k))[:12] if k == "checkpoint_sha256" and card.get(k) else card.get(k) for k in _CARD_COLUMNS
-        ]
-        cells = "".join(f"<td>{_e(v)}</td>" for v in values)
-        full = html.escape(json.dumps(card, indent=1))
-        cards.append(
-            f"<tr><td><a href='{_e(rel + '/' + p.relative_to(root).as_posix())}'>{_e(where)}</a>"
-            f"<details><summary>card</summary><pre>{full}</pre></details></td>"
-            f"<td>{top[0]}</td><td>{top[1]}</td>{cells}</tr>"
-        )
-    if cards:
-        head = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in _CARD_COLUMNS)
-        parts.append(
-            f"<h3>Evaluation cards</h3><table><tr><th>result</th><th>top-1</th><th>top-5</th>{head}</tr>"
-            f"{''.join(cards)}</table>"
-        )
-    if not parts:
-        return (
-            "<p class='note'>No evaluation yet: run <code>simclr linear-eval RUN</code>, <code>simclr knn RUN"
-            "</code> or <code>simclr finetune RUN</code>, or the whole <code>simclr pipeline</code>.</p>"
-        )
-    return "".join(parts)
-
-
 # ---- the page ----------------------------------------------------------------------------------------------
-
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-img{max-width:100%;border:1px solid #eee}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
-td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#f6f6f6}
-.note{color:#666;font-style:italic}code{background:#f3f3f3;padding:0 .2em}pre{font-size:.8em;overflow:auto}
-summary{cursor:pointer;color:#555;font-size:.85em}"""
 
 
 def can_draw() -> bool:
@@ -215,59 +141,21 @@ class _Page:
         self.draw = can_draw()
 
     def section(self, title: str, body: str) -> None:
-        self.parts.append(f"<h2>{_e(title)}</h2>{body}")
+        self.parts.append(f"<h2>{escape(title)}</h2>{body}")
 
     def figure(self, draw: Callable[[], Any], name: str, caption: str = "") -> str:
         """``draw()`` makes the figure: saved as ``name``, embedded as base64; a note without matplotlib."""
         if not self.draw:
-            return f"<p class='note'>{_e(name)}: figures need matplotlib (pip install matplotlib).</p>"
+            return f"<p class='note'>{escape(name)}: figures need matplotlib (pip install matplotlib).</p>"
         data, path = _png(draw(), self.folder, name)
         self.images.append(path)
         return (
-            f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'><figcaption>{_e(caption)}"
+            f"<figure><img alt='{escape(name)}' src='data:image/png;base64,{data}'><figcaption>{escape(caption)}"
             "</figcaption></figure>"
         )
 
     def note(self, title: str, text: str) -> None:
-        self.section(title, f"<p class='note'>{_e(text)}</p>")
-
-
-def _run_facts(run: Path, cfg) -> str:
-    summary = {}
-    if (run / "summary.json").is_file():
-        try:
-            summary = json.loads((run / "summary.json").read_text())
-        except json.JSONDecodeError:
-            summary = {}
-    steps = summary.get("steps", "?")
-    if summary.get("total_steps") is not None:  # e.g. "3 of 8": a run stopped at train.max_steps
-        steps = f"{steps} of {summary['total_steps']}"
-    m, t, a = cfg.model, cfg.train, cfg.augment
-    rows = [
-        ("run folder", run),
-        ("config", f"{cfg.name}: {cfg.data.dataset} {cfg.data.path or ''}"),
-        (
-            "encoder",
-            f"{m.arch} x{m.width_multiplier:g}, sk_ratio {m.sk_ratio:g}, {m.head_layers}-layer head, "
-            f"z {m.projection_dim}-d",
-        ),
-        (
-            "training",
-            f"batch {t.batch_size}, {t.epochs} epochs, {cfg.optim.name} base lr {cfg.optim.base_lr:g} "
-            f"({cfg.optim.lr_scaling}), temperature {cfg.loss.temperature:g}, memory {cfg.loss.memory_size}",
-        ),
-        (
-            "augmentation",
-            f"crop scale {list(a.crop_scale)}, colour strength {a.color_strength:g}, "
-            f"blur p {a.blur_prob if a.blur_prob is not None else 'auto'}",
-        ),
-        (
-            "status",
-            f"{summary.get('status', 'unknown')}, {steps} steps on "
-            f"{summary.get('device', '?')} x {summary.get('world_size', '?')}",
-        ),
-    ]
-    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
+        self.section(title, f"<p class='note'>{escape(text)}</p>")
 
 
 def _load_split(cfg, split: str, n: int, seed: int):
@@ -333,7 +221,7 @@ def _write_page(root: Path, run: Path, page_path: Path, device: str, max_images:
         page.note("Representation", f"no model to inspect: {run} has no checkpoints/last.pt yet")
         pre = None
     if pre is not None:
-        facts = _run_facts(run, pre.config)
+        facts = run_facts(run, pre.config)
         _model_sections(page, pre, dev, max_images, seed)
     page.section("Results", results_html(root, folder))
 
@@ -342,8 +230,8 @@ def _write_page(root: Path, run: Path, page_path: Path, device: str, max_images:
     body = "".join(page.parts)
     return write_text(
         page_path,
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title><style>{_STYLE}</style>"
-        f"</head><body><h1>{_e(title)}</h1>{facts}{body}<p class='note'>Written {stamp}.</p></body></html>\n",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>{STYLE}</style>"
+        f"</head><body><h1>{escape(title)}</h1>{facts}{body}<p class='note'>Written {stamp}.</p></body></html>\n",
         "report page",
     )
 
@@ -437,7 +325,7 @@ def _health_section(page: _Page, pre, images: Tensor, dev, seed: int) -> None:
         f"<td>{s['effective_rank']:.1f}</td><td>{s['near_zero']}</td><td>{s['total_variance']:.3f}</td></tr>"
         for n, s in stats.items()
     )
-    lines = "".join(f"<p>{_e(interpret(n, s))}</p>" for n, s in stats.items())
+    lines = "".join(f"<p>{escape(interpret(n, s))}</p>" for n, s in stats.items())
     note = (
         f"<p class='note'>Measured on two augmented views of each of {len(images)} sampled test images, network "
         "in eval mode. h follows a ReLU, so its entries are non-negative and its uniformity cannot reach that of "

@@ -153,6 +153,47 @@ def _paper_train(
     return history
 
 
+def _fit_classifier(mode: str, pretrained: Pretrained, net: nn.Module, transform: nn.Module, train: Any,
+                    test_feats: Tensor, test_labels: Tensor, num_classes: int, epochs: int | None,
+                    batch_size: int | None, seed: int, device, feature_batch_size: int, t0: float):  # fmt: skip
+    """The classifier of ``mode`` trained on the frozen ``net``: (classifier, train features (fast) or None,
+    epochs, batch size, settings, per-epoch history (paper), seconds from ``t0`` until training began)."""
+    if mode == "fast":
+        epochs = FAST_EPOCHS if epochs is None else epochs
+        batch_size = batch_size or min(FAST_BATCH, len(train))
+        train_feats = extract_features(net, train, transform, feature_batch_size, device, desc="train features")
+        t_feat = time.perf_counter() - t0
+        classifier = fit_linear(
+            train_feats, train.labels.to(device), num_classes, epochs, batch_size, FAST_LR, seed=seed
+        )
+        settings = {"optimizer": "adam", "lr": FAST_LR, "features": "cached, standardised"}
+        history: list[dict[str, float]] = []
+    else:
+        from simclr.augment import Augment, finetune_augment_config
+
+        epochs = PAPER_EPOCHS if epochs is None else epochs
+        batch_size = batch_size or scaled_batch_size(len(train), PAPER_BATCH, min_steps_per_epoch=10)
+        peak_lr = PAPER_BASE_LR * batch_size / 256
+        cfg = pretrained.config.augment
+        augment = Augment(finetune_augment_config(cfg), pretrained.image_size, pretrained.mean, pretrained.std)
+        t_feat = time.perf_counter() - t0
+        torch.manual_seed(seed)
+        classifier = nn.Linear(test_feats.shape[1], num_classes).to(device)
+        nn.init.zeros_(classifier.weight)  # official zero_init_logits_layer
+        nn.init.zeros_(classifier.bias)
+        history = _paper_train(
+            net, augment, train, test_feats, test_labels, classifier, epochs, batch_size, peak_lr, seed, device
+        )
+        train_feats = None
+        settings = {
+            "optimizer": "sgd-nesterov",
+            "momentum": 0.9,
+            "lr": peak_lr,
+            "features": "crop+flip views",
+        }
+    return classifier, train_feats, epochs, batch_size, settings, history, t_feat
+
+
 def linear_eval(
     pretrained: Pretrained,
     train: Any,
@@ -191,39 +232,10 @@ def linear_eval(
     try:
         test_feats = extract_features(net, test, transform, feature_batch_size, device, desc="test features")
         test_labels = test.labels.to(device)
-        if mode == "fast":
-            epochs = FAST_EPOCHS if epochs is None else epochs
-            batch_size = batch_size or min(FAST_BATCH, len(train))
-            train_feats = extract_features(net, train, transform, feature_batch_size, device, desc="train features")
-            t_feat = time.perf_counter() - t0
-            classifier = fit_linear(
-                train_feats, train.labels.to(device), num_classes, epochs, batch_size, FAST_LR, seed=seed
-            )
-            settings = {"optimizer": "adam", "lr": FAST_LR, "features": "cached, standardised"}
-            history: list[dict[str, float]] = []
-        else:
-            from simclr.augment import Augment, finetune_augment_config
-
-            epochs = PAPER_EPOCHS if epochs is None else epochs
-            batch_size = batch_size or scaled_batch_size(len(train), PAPER_BATCH, min_steps_per_epoch=10)
-            peak_lr = PAPER_BASE_LR * batch_size / 256
-            cfg = pretrained.config.augment
-            augment = Augment(finetune_augment_config(cfg), pretrained.image_size, pretrained.mean, pretrained.std)
-            t_feat = time.perf_counter() - t0
-            torch.manual_seed(seed)
-            classifier = nn.Linear(test_feats.shape[1], num_classes).to(device)
-            nn.init.zeros_(classifier.weight)  # official zero_init_logits_layer
-            nn.init.zeros_(classifier.bias)
-            history = _paper_train(
-                net, augment, train, test_feats, test_labels, classifier, epochs, batch_size, peak_lr, seed, device
-            )
-            train_feats = None
-            settings = {
-                "optimizer": "sgd-nesterov",
-                "momentum": 0.9,
-                "lr": peak_lr,
-                "features": "crop+flip views",
-            }
+        classifier, train_feats, epochs, batch_size, settings, history, t_feat = _fit_classifier(
+            mode, pretrained, net, transform, train, test_feats, test_labels, num_classes, epochs, batch_size, seed,
+            device, feature_batch_size, t0,
+        )  # fmt: skip
         with torch.no_grad():
             top1, top5 = topk_accuracy(classifier(test_feats), test_labels)
             train_top1 = (
