@@ -644,7 +644,7 @@ MUTATIONS = [
     dict(
         name="finetune_keeps_the_whole_head",
         area="evaluation",
-        file="src/simclr/eval/finetune.py",
+        file="src/simclr/eval/classifier.py",
         find="layers = list(head.layers[:from_head_layer])",
         replace="layers = list(head.layers)",
         tests=EVAL,

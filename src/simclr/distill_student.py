@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from simclr.config import config_to_dict
 from simclr.errors import SimCLRError
 
 if TYPE_CHECKING:
@@ -127,30 +126,15 @@ def student_optimizer(student: nn.Module, o: DistillOptions, pre_cfg: Any, scrat
 
 
 def save_student(path: Path, student, scfg, k: int, result, teacher: Teacher, init_info) -> Path:
-    """The student in the fine-tuned classifier format (``kind: finetune``), as ``load_classifier`` reads."""
-    from simclr.checkpoint import save_checkpoint
+    """The student in the fine-tuned classifier format, as ``load_classifier`` reads."""
+    from simclr.eval.classifier import save_classifier
 
-    return save_checkpoint(
-        {
-            "kind": "finetune",
-            "protocol": "distill",
-            "config": config_to_dict(scfg),
-            "encoder": student.encoder.state_dict(),
-            "head": student.head_layers.state_dict(),
-            "classifier": student.classifier.state_dict(),
-            "num_classes": student.num_classes,
-            "classes": student.classes,
-            "from_head_layer": k,
-            "image_size": student.image_size,
-            "data_stats": {"mean": list(student.mean), "std": list(student.std)},
-            "init": "scratch" if init_info is None else "pretrained",
-            "pretrained_sha256": None if init_info is None else init_info["sha256"],
-            "teacher_sha256": teacher.sha256,
-            "label_subset": teacher.meta.get("label_subset"),
-            "metrics": {"top1": result["top1"], "top5": result["top5"]},
-        },
-        path,
-    )
+    student.config = scfg
+    return save_classifier(
+        path, student, protocol="distill", init="scratch" if init_info is None else "pretrained",
+        pretrained_sha256=None if init_info is None else init_info["sha256"], teacher_sha256=teacher.sha256,
+        label_subset=teacher.meta.get("label_subset"), metrics={"top1": result["top1"], "top5": result["top5"]},
+    )  # fmt: skip
 
 
 __all__ = [

@@ -25,7 +25,6 @@ Defaults (documented choices; measured on Fashion-MNIST, 600 labels = "1%", ResN
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import re
@@ -38,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simclr.checkpoint import Pretrained, load_checkpoint, load_state_strict, save_checkpoint
-from simclr.config import AugmentConfig, Config, ModelConfig, config_from_dict, config_to_dict
+from simclr.checkpoint import Pretrained, load_checkpoint
+from simclr.config import AugmentConfig, Config, ModelConfig, config_from_dict
 from simclr.errors import SimCLRError
 from simclr.eval.card import evaluation_card, write_metrics
+from simclr.eval.classifier import FinetuneNet, build_finetune_net, load_classifier, save_classifier
 from simclr.eval.features import (
-    eval_transform_for,
     evaluate_classifier,
     scaled_batch_size,
 )
@@ -84,72 +83,6 @@ class FinetuneOptions:
     augment: str = option("crop_flip", "training views: crop_flip, flip (whole image), none",
                           choices=("crop_flip", "flip", "none"))  # fmt: skip
     crop_min_scale: float | None = option(None, "smallest crop area fraction (default: the run's, 0.08)", gt=0, le=1)
-
-
-class FinetuneNet(nn.Module):
-    """Encoder + first k projection-head layers + linear classifier: views (B, 3, S, S) -> logits (B, C).
-
-    ``head_layers`` holds the kept layers, so ``head_layers`` applied to h equals ``model.head(h, layers=k)``
-    of the pretrained SimCLRModel. Metadata for reuse as a teacher: ``image_size``, ``mean``, ``std``,
-    ``eval_crop_fraction``, ``config`` (see :meth:`eval_transform`).
-    """
-
-    def __init__(self, encoder: nn.Module, head_layers: list[nn.Module], num_classes: int, feature_dim: int):
-        super().__init__()
-        self.encoder = encoder
-        self.head_layers = nn.ModuleList(head_layers)
-        self.classifier = nn.Linear(feature_dim, num_classes)
-        nn.init.zeros_(self.classifier.weight)  # official zero_init_logits_layer
-        nn.init.zeros_(self.classifier.bias)
-        self.num_classes = num_classes
-        self.from_head_layer = len(head_layers)
-        self.image_size: int | None = None
-        self.mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-        self.std: tuple[float, ...] = (0.5, 0.5, 0.5)
-        self.config: Config | None = None
-        self.classes: list[str] | None = None
-        self.bn_frozen = False  # True: BatchNorm layers stay in eval mode (running statistics) while training
-
-    def train(self, mode: bool = True) -> FinetuneNet:
-        super().train(mode)
-        if mode and self.bn_frozen:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
-
-    def features(self, x: Tensor) -> Tensor:
-        """(B, 3, S, S) -> (B, D): h after the kept head layers."""
-        h = self.encoder(x)
-        for layer in self.head_layers:
-            h = layer(h)
-        return h
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, 3, S, S) normalised views -> (B, num_classes) logits."""
-        return self.classifier(self.features(x))
-
-    def eval_transform(self) -> nn.Module:
-        """The evaluation preprocessing this network expects (uint8 images -> normalised views)."""
-        if self.image_size is None or self.config is None:
-            raise RuntimeError("FinetuneNet has no preprocessing metadata (set by finetune / load_classifier)")
-        return eval_transform_for(self.config, self.image_size, self.mean, self.std)
-
-
-def build_finetune_net(
-    config: Config, image_size: int, num_classes: int, from_head_layer: int, model: nn.Module | None = None
-) -> FinetuneNet:
-    """A :class:`FinetuneNet` from a pretrained SimCLRModel ``model`` (copied) or a new one of ``config``."""
-    from simclr.models.build import build_model
-
-    model = copy.deepcopy(model) if model is not None else build_model(config.model, image_size)
-    head = model.head
-    if not 0 <= from_head_layer <= head.num_layers:
-        raise SimCLRError(f"from_head_layer={from_head_layer}: the projection head has {head.num_layers} layers")
-    layers = list(head.layers[:from_head_layer])
-    net = FinetuneNet(model.encoder, layers, num_classes, head.layer_dim(from_head_layer))
-    net.image_size, net.config = image_size, config
-    return net
 
 
 def default_from_head_layer(model_cfg: ModelConfig, scratch: bool = False) -> int:
@@ -354,7 +287,12 @@ def finetune(
     if out_dir is not None:
         out_dir = Path(out_dir)
         save_subset(out_dir / "label_subset.json", p.indices, o.labels, o.seed, train.labels, source=train.source)
-        result["checkpoint"] = str(_save(out_dir / "finetuned.pt", net, p, o, train.classes, init, result))
+        net.classes = train.classes
+        result["checkpoint"] = str(save_classifier(
+            out_dir / "finetuned.pt", net, init=o.init, pretrained_sha256=None if init is None else init.sha256,
+            label_subset={"spec": o.labels, "seed": o.seed, "hash": result["subset_hash"], "count": len(p.indices)},
+            metrics={"top1": result["top1"], "top5": result["top5"]},
+        ))  # fmt: skip
         write_metrics(out_dir, result)
     return result
 
@@ -387,64 +325,6 @@ def _result(o: FinetuneOptions, p: _Plan, history: list[dict[str, Any]], steps: 
 
 RECIPE_FIELDS = ("warmup_epochs", "label_smoothing", "bn", "probe_init", "backbone_lr_scale", "augment",
                  "crop_min_scale")  # fmt: skip
-
-
-def _save(path: Path, net: FinetuneNet, p: _Plan, o: FinetuneOptions, classes, init, result) -> Path:
-    save_checkpoint(
-        {
-            "kind": "finetune",
-            "config": config_to_dict(p.cfg),
-            "encoder": net.encoder.state_dict(),
-            "head": net.head_layers.state_dict(),
-            "classifier": net.classifier.state_dict(),
-            "num_classes": p.num_classes,
-            "classes": classes,
-            "from_head_layer": p.k,
-            "image_size": p.image_size,
-            "data_stats": {"mean": list(p.mean), "std": list(p.std)},
-            "init": o.init,
-            "pretrained_sha256": None if init is None else init.sha256,
-            "label_subset": {
-                "spec": o.labels,
-                "seed": o.seed,
-                "hash": result["subset_hash"],
-                "count": len(p.indices),
-            },  # fmt: skip
-            "metrics": {"top1": result["top1"], "top5": result["top5"]},
-        },
-        path,
-    )
-    return path
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> FinetuneNet:
-    """Reload a fine-tuned network saved by :func:`finetune` (e.g. the distillation teacher), in eval mode.
-
-    Returns a :class:`FinetuneNet` mapping normalised views (B, 3, S, S) to logits (B, C); its
-    :meth:`~FinetuneNet.eval_transform` turns uint8 images into such views (``image_size``, ``mean``,
-    ``std`` and ``config.augment.eval_crop_fraction`` are attributes too).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "finetuned.pt"
-    state = load_checkpoint(path)
-    if state.get("kind") != "finetune":
-        raise SimCLRError(f"{path}: not a fine-tuned classifier (kind {state.get('kind')!r})")
-    try:
-        cfg = config_from_dict(state["config"])
-        net = build_finetune_net(
-            cfg, int(state["image_size"]), int(state["num_classes"]), int(state["from_head_layer"])
-        )
-    except KeyError as e:
-        raise SimCLRError(f"{path}: fine-tune checkpoint lacks {e}") from None
-    load_state_strict(net.encoder, state["encoder"], path)
-    load_state_strict(net.head_layers, state["head"], path)
-    load_state_strict(net.classifier, state["classifier"], path)
-    stats = state.get("data_stats", {})
-    net.mean = tuple(stats.get("mean", net.mean))
-    net.std = tuple(stats.get("std", net.std))
-    net.classes = state.get("classes")
-    return net.to(device).eval()
 
 
 def finetune_command(
@@ -505,3 +385,19 @@ def finetune_command(
         f"top-1 {result['top1']:.2f} %  top-5 {result['top5']:.2f} %  -> {out_dir / 'metrics.json'}"
     )
     return result
+
+
+__all__ = [  # the classifier names stay importable from here, where they were first
+    "FinetuneNet",
+    "FinetuneOptions",
+    "build_finetune_net",
+    "default_epochs",
+    "default_from_head_layer",
+    "default_recipe",
+    "finetune",
+    "finetune_command",
+    "load_classifier",
+    "probe_classifier",
+    "save_classifier",
+    "training_augment",
+]
