@@ -87,7 +87,7 @@ FASHION_DEVIATIONS = {
     "model.cifar_stem": (False, "imagenet stem"),
     "model.input_size": (40, "40 px"),
     "loss.temperature": (0.1, "tau 0.1"),
-    "train.epochs": (6, "6 epochs"),
+    "train.epochs": (5, "5 epochs"),
 }
 
 PRESETS = {
@@ -177,7 +177,7 @@ PRESETS = {
         "optim.base_lr": (1.0, "CPU demo (tuned; README table): 1.0 x 256 / 256"),
         "optim.lr_scaling": ("linear", "v1 B.1"),
         "optim.weight_decay": (1e-6, "v1 2.3"),
-        "optim.warmup_epochs": (1.0, "CPU demo: 1 of 6 epochs"),
+        "optim.warmup_epochs": (1.0, "CPU demo: 1 of 5 epochs"),
         "train.batch_size": (256, "CPU demo"),
         "peak_lr": (1.0, "1.0 x 256 / 256"),
     },
