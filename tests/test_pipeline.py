@@ -10,6 +10,7 @@ import pytest
 from simclr.config import load_config
 from simclr.errors import SimCLRError
 from simclr.pipeline import (
+    RECIPES,
     PipelineOptions,
     fraction_tag,
     parse_fractions,
@@ -86,6 +87,9 @@ def test_pipeline_quick_end_to_end_and_skips_finished_stages(tmp_path, capsys):
     # default alpha 0.5: the student mixes the teacher's probabilities with the teacher's own labelled subset
     assert distilled["self_distillation"] and distilled["alpha"] == 0.5
     assert distilled["n_labelled"] == teacher["n_labelled"] > 0
+    scratch = json.loads((out / "scratch-25pct" / "metrics.json").read_text())
+    for result, init in ((teacher, "pretrained"), (scratch, "scratch")):  # each init with its searched recipe
+        assert {k: result["recipe"].get(k, result.get(k)) for k in RECIPES[init]} == RECIPES[init], init
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(table["rows"]))
 
     md = (out / "results.md").read_text()

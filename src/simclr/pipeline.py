@@ -23,7 +23,7 @@ Two schedules. The default (``demo``) is sized for a small dataset on a CPU; ``-
 - fine-tuning and the scratch baseline: batch min(256, n / 5), enough epochs for ``finetune_steps`` = 150
   optimizer steps and at least 1 epoch (``--full``: 3), evaluated after the last epoch; each init uses its
   recipe of :data:`RECIPES` (chosen by a search with the same budget for both, see docs/results.md) on top of
-  :func:`~simclr.eval.finetune.finetune`'s defaults;
+  :func:`~simclr.eval.finetune.finetune`'s defaults (``--finetune-recipe default``: those defaults alone);
 - distillation: the fractions under 100 % (``--full``: all), 1 epoch over the unlabeled train images
   (``--full``: 4), tau 0.1, alpha 0.5 (half the loss on the teacher's tempered probabilities, half on the
   fraction's own labels; ``--distill-alpha 1`` reads no label), the student starting from the pretrained
@@ -55,9 +55,13 @@ DISTILL_EPOCHS = {"demo": 1, "full": 4}  # epochs over the unlabeled train image
 DISTILL_ALPHA = 0.5  # weight of the distillation term (teacher probabilities); 1 - alpha: the fraction's labels
 FINETUNE_MIN_EPOCHS = {"demo": 1, "full": 3}
 LINEAR_PAPER_EPOCHS = {"demo": 3, "full": 90}
-# The fine-tuning recipe of the pipeline (FinetuneOptions fields), per init; chosen by the search in
-# docs/results.md with the same grid and step budget for both inits.
-RECIPES: dict[str, dict[str, Any]] = {"pretrained": {}, "scratch": {}}
+# The ``searched`` fine-tuning recipe (FinetuneOptions fields) per init: the best of a search on the
+# Fashion-MNIST demo with the same grid size and step budget for both inits (docs/results.md); Nesterov SGD,
+# cosine decay, no warmup. ``--finetune-recipe default`` uses finetune()'s own defaults instead.
+RECIPES: dict[str, dict[str, Any]] = {
+    "pretrained": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0, "crop_min_scale": 0.5},
+    "scratch": {"optimizer": "sgd", "lr": 0.4, "weight_decay": 5e-4, "label_smoothing": 0.1, "crop_min_scale": 0.5},
+}
 
 
 @dataclass
@@ -73,6 +77,11 @@ class PipelineOptions:
     finetune_steps: int = option(150, "optimizer steps of a fine-tune / baseline stage", ge=1, cli=False)
     finetune_min_epochs: int | None = option(None, "fewest fine-tune / baseline epochs (1, --full 3)", ge=1, cli=False)
     finetune_batch: int = option(256, "largest fine-tune / baseline batch", ge=1, cli=False)
+    finetune_recipe: str = option(
+        "searched",
+        "searched: RECIPES (tuned on the demo); default: finetune's defaults (LARS at batch >= 1024)",
+        choices=("searched", "default"),
+    )
     distill_fractions: tuple[str, ...] | None = option(
         None, "fractions distilled (default 1%,10% of --fractions; --full: all)", parse=lambda t: parse_fractions(t)
     )
@@ -277,7 +286,7 @@ def _evaluate(out: Path, o: PipelineOptions, pre: Any, train: Any, test: Any, na
         common = dict(train=train, test=test, device=device, dataset=name)
         for key, init in (("finetune", pre), ("scratch", None)):
             recipe = FinetuneOptions(labels=frac, epochs=epochs, batch_size=batch, seed=o.seed, eval_every=epochs,
-                                     **RECIPES["pretrained" if init is not None else "scratch"])  # fmt: skip
+                                     **_recipe(o, init is None))  # fmt: skip
             results[key][frac] = _stage(out, FOLDERS[key].format(tag), finetune, init=init, options=recipe,
                                         config=pre.config, **common)  # fmt: skip
         if frac in distilled:
@@ -287,6 +296,11 @@ def _evaluate(out: Path, o: PipelineOptions, pre: Any, train: Any, test: Any, na
                 student_init=pre if o.distill_init == "pretrained" else None, dataset=name,
             )  # fmt: skip
     return results
+
+
+def _recipe(o: PipelineOptions, scratch: bool) -> dict[str, Any]:
+    """The FinetuneOptions fields of the chosen recipe for one init."""
+    return dict(RECIPES["scratch" if scratch else "pretrained"]) if o.finetune_recipe == "searched" else {}
 
 
 def _distill_options(o: PipelineOptions) -> Any:
