@@ -57,9 +57,10 @@ FINETUNE_MIN_EPOCHS = {"demo": 1, "full": 3}
 LINEAR_PAPER_EPOCHS = {"demo": 3, "full": 90}
 # The ``searched`` fine-tuning recipe (FinetuneOptions fields) per init: the best of a search on the
 # Fashion-MNIST demo with the same grid size and step budget for both inits (docs/results.md); Nesterov SGD,
-# cosine decay, no warmup. ``--finetune-recipe default`` uses finetune()'s own defaults instead.
+# cosine decay, no warmup; ``lr_per_256``: the learning rate scales linearly with the batch (B / 256).
+# ``--finetune-recipe default`` uses finetune()'s own defaults instead.
 RECIPES: dict[str, dict[str, Any]] = {
-    "pretrained": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0, "crop_min_scale": 0.5},
+    "pretrained": {"optimizer": "sgd", "lr_per_256": 0.02, "weight_decay": 0.0, "crop_min_scale": 0.5},
     "scratch": {"optimizer": "sgd", "lr": 0.4, "weight_decay": 5e-4, "label_smoothing": 0.1, "crop_min_scale": 0.5},
 }
 
@@ -286,7 +287,7 @@ def _evaluate(out: Path, o: PipelineOptions, pre: Any, train: Any, test: Any, na
         common = dict(train=train, test=test, device=device, dataset=name)
         for key, init in (("finetune", pre), ("scratch", None)):
             recipe = FinetuneOptions(labels=frac, epochs=epochs, batch_size=batch, seed=o.seed, eval_every=epochs,
-                                     **_recipe(o, init is None))  # fmt: skip
+                                     **_recipe(o, init is None, batch))  # fmt: skip
             results[key][frac] = _stage(out, FOLDERS[key].format(tag), finetune, init=init, options=recipe,
                                         config=pre.config, **common)  # fmt: skip
         if frac in distilled:
@@ -298,9 +299,14 @@ def _evaluate(out: Path, o: PipelineOptions, pre: Any, train: Any, test: Any, na
     return results
 
 
-def _recipe(o: PipelineOptions, scratch: bool) -> dict[str, Any]:
-    """The FinetuneOptions fields of the chosen recipe for one init."""
-    return dict(RECIPES["scratch" if scratch else "pretrained"]) if o.finetune_recipe == "searched" else {}
+def _recipe(o: PipelineOptions, scratch: bool, batch: int) -> dict[str, Any]:
+    """The FinetuneOptions fields of the chosen recipe for one init at ``batch``."""
+    if o.finetune_recipe != "searched":
+        return {}
+    recipe = dict(RECIPES["scratch" if scratch else "pretrained"])
+    if "lr_per_256" in recipe:
+        recipe["lr"] = recipe.pop("lr_per_256") * batch / 256
+    return recipe
 
 
 def _distill_options(o: PipelineOptions) -> Any:
