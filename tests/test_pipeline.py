@@ -222,4 +222,9 @@ def test_finetune_epochs_rule_on_fashion_mnist_sizes():
     assert [finetune_epochs_for(n, b, o) for n, b in ((600, 120), (6000, 256), (60000, 256))] == [30, 7, 1]
     full = PipelineOptions(full=True)
     assert [finetune_epochs_for(n, b, full) for n, b in ((600, 120), (6000, 256), (60000, 256))] == [30, 7, 3]
+    from simclr.pipeline import _linear_paper_batch
+
+    # the demo's 3-epoch paper-protocol linear eval at batch 256; --full: linear_eval's paper default
+    assert _linear_paper_batch(o) == 256 and _linear_paper_batch(full) is None
+    assert _linear_paper_batch(PipelineOptions(linear_paper_batch=1024)) == 1024
     assert finetune_epochs_for(60000, 256, PipelineOptions(finetune_epochs=5)) == 5
