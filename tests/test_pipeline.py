@@ -228,3 +228,15 @@ def test_finetune_epochs_rule_on_fashion_mnist_sizes():
     assert _linear_paper_batch(o) == 256 and _linear_paper_batch(full) is None
     assert _linear_paper_batch(PipelineOptions(linear_paper_batch=1024)) == 1024
     assert finetune_epochs_for(60000, 256, PipelineOptions(finetune_epochs=5)) == 5
+
+
+def test_distill_recipes_and_schedules():
+    """short: SGD (the CPU default); paper: LARS with the pretraining schedule; demo 1 epoch, --full 4."""
+    from simclr.pipeline import _distill_options
+
+    short, paper = _distill_options(PipelineOptions()), _distill_options(PipelineOptions(distill_recipe="paper"))
+    assert (short.optimizer, paper.optimizer) == ("sgd", "lars") and short.epochs == paper.epochs == 1
+    assert _distill_options(PipelineOptions(full=True)).epochs == 4
+    assert _distill_options(PipelineOptions(distill_epochs=2, distill_alpha=1.0)).alpha == 1.0
+    with pytest.raises(SimCLRError, match="distill_recipe"):
+        run_pipeline(None, "unused", PipelineOptions(distill_recipe="long"))
