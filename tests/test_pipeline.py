@@ -231,10 +231,10 @@ def test_finetune_epochs_rule_on_fashion_mnist_sizes():
 
 
 def test_distill_recipes_and_schedules():
-    """short: SGD (the CPU default); paper: LARS with the pretraining schedule; demo 1 epoch, --full 4."""
+    """paper (the default): LARS with the pretraining schedule; short: SGD; demo 1 epoch, --full 4."""
     from simclr.pipeline import _distill_options
 
-    short, paper = _distill_options(PipelineOptions()), _distill_options(PipelineOptions(distill_recipe="paper"))
+    paper, short = _distill_options(PipelineOptions()), _distill_options(PipelineOptions(distill_recipe="short"))
     assert (short.optimizer, paper.optimizer) == ("sgd", "lars") and short.epochs == paper.epochs == 1
     assert _distill_options(PipelineOptions(full=True)).epochs == 4
     assert _distill_options(PipelineOptions(distill_epochs=2, distill_alpha=1.0)).alpha == 1.0

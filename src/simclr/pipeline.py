@@ -27,9 +27,9 @@ Two schedules. The default (``demo``) is sized for a small dataset on a CPU; ``-
 - distillation: the fractions under 100 % (``--full``: all), 1 epoch over the unlabeled train images
   (``--full``: 4), tau 0.1, alpha 0.5 (half the loss on the teacher's tempered probabilities, half on the
   fraction's own labels; ``--distill-alpha 1`` reads no label), the student starting from the pretrained
-  network (``--distill-init scratch``: the paper's setting); ``--distill-recipe short`` trains with SGD at
-  the fine-tuning rate, ``paper`` with LARS and the teacher's pretraining learning rate, weight decay and
-  warmup share (:mod:`simclr.distill`).
+  network (``--distill-init scratch``: the paper's setting); ``--distill-recipe paper`` (the default) trains
+  with LARS and the teacher's pretraining learning rate, weight decay and warmup share, ``short`` with SGD
+  at the fine-tuning rate (:mod:`simclr.distill`).
 
 ``quick=True`` shrinks every stage to a few steps (smoke tests, CI).
 """
@@ -89,8 +89,8 @@ class PipelineOptions:
     )
     distill_epochs: int | None = option(None, "distillation epochs (default 1, --full 4)", ge=1)
     distill_unlabeled: int | None = option(None, "distil on a seeded subset of this many images", ge=1, cli=False)
-    distill_recipe: str = option("short", "short: SGD at the fine-tuning rate; paper: LARS with the pretraining "
-                                 "schedule", choices=("short", "paper"))  # fmt: skip
+    distill_recipe: str = option("paper", "paper: LARS with the pretraining schedule; short: SGD at the fine-tuning "
+                                 "rate", choices=("paper", "short"))  # fmt: skip
     distill_init: str = option("pretrained", "student start: pretrained, or scratch (the paper)",
                                choices=("pretrained", "scratch"))  # fmt: skip
     distill_temperature: float | None = option(None, "distillation tau (default 0.1, self-distillation)", gt=0)
