@@ -264,14 +264,9 @@ def full_disk(monkeypatch):
     monkeypatch.setattr(files_mod.tempfile, "mkstemp", on_dev_full)
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
-@pytest.mark.parametrize("command", ["export", "report", "embed", "show-augmentations"])
-def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_no_partial_file(
-    tiny_run, tmp_path, monkeypatch, capsys, command
-):
-    data, run = tiny_run
-    out = tmp_path / "out"
-    argv = {
+def _writing_command(command: str, data, run, out) -> list[str]:
+    """The argv of a command that writes under ``out``."""
+    return {
         "export": ["export", str(run), "--out", str(out)],
         "report": ["report", str(run), "--out", str(out), "--device", "cpu", "--max-images", "8"],
         "embed": ["embed", str(run), "--out", str(out / "e"), "--device", "cpu"],
@@ -287,6 +282,16 @@ def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_no_partial_file(
             "2",
         ],  # fmt: skip
     }[command]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize("command", ["export", "report", "embed", "show-augmentations"])
+def test_commands_on_a_full_disk_say_so_in_one_line_and_leave_no_partial_file(
+    tiny_run, tmp_path, monkeypatch, capsys, command
+):
+    data, run = tiny_run
+    out = tmp_path / "out"
+    argv = _writing_command(command, data, run, out)
     full_disk(monkeypatch)
     code = main(argv)
     one_error_line(capsys, code, str(out), "disk full")
@@ -301,22 +306,7 @@ def test_commands_on_a_read_only_path_say_so_in_one_line(tiny_run, tmp_path, cap
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     out = blocker / "out"  # a path through a file: cannot be created, as on a read-only mount
-    argv = {
-        "export": ["export", str(run), "--out", str(out)],
-        "report": ["report", str(run), "--out", str(out), "--device", "cpu", "--max-images", "8"],
-        "embed": ["embed", str(run), "--out", str(out / "e"), "--device", "cpu"],
-        "show-augmentations": [
-            "show-augmentations",
-            "--dataset",
-            "npz",
-            "--data",
-            str(data),
-            "--out",
-            str(out / "a.png"),
-            "-n",
-            "2",
-        ],  # fmt: skip
-    }[command]
+    argv = _writing_command(command, data, run, out)
     one_error_line(capsys, main(argv), str(out), "cannot write")
 
 

@@ -58,15 +58,11 @@ from simclr.distill_student import (
     student_optimizer,
 )
 from simclr.errors import SimCLRError
+from simclr.eval.features import transform_batch
 from simclr.options import option, validate
 
 DEFAULT_EPOCHS = 30  # the paper trains 400 epochs on ImageNet; raise it where compute allows
 TEMPERATURE_SELF, TEMPERATURE_BIG_TO_SMALL = 0.1, 1.0  # v2 section 2 (little sensitivity in between)
-
-
-def _views(transform, batch) -> Tensor:
-    """The evaluation transform of a batch (each image at its own size when the batch says so)."""
-    return transform(batch.images) if batch.sizes is None else transform(batch.images, batch.sizes)
 
 
 @dataclass
@@ -181,7 +177,7 @@ class _DistillRun:
         cache = torch.zeros(len(self.train), tnet.num_classes, device=device)
         with torch.no_grad(), self.mixed:
             for b in batches(self.train, 512, device, subset=self.pool, with_labels=False):
-                cache[b.indices.to(device)] = tnet(_views(self.transform, b)).float()
+                cache[b.indices.to(device)] = tnet(transform_batch(self.transform, b)).float()
         return cache
 
     def lr_of(self, step: int) -> float:
@@ -192,7 +188,7 @@ class _DistillRun:
 
     def views(self, b) -> Tensor:
         """The batch's crop + flip views (or its evaluation views with augmentation off)."""
-        return self.augment(b.images, self.view_gen, b.sizes) if self.o.augment else _views(self.transform, b)
+        return self.augment(b.images, self.view_gen, b.sizes) if self.o.augment else transform_batch(self.transform, b)
 
     def _labelled_batch(self, step: int):
         """This step's labelled chunk as a Batch on the device; the order is reshuffled every pass."""

@@ -157,11 +157,7 @@ def _stage(out: Path, name: str, run: Callable[..., dict[str, Any]], **kwargs: A
     print(f"pipeline: {name} ...", flush=True)
     t0 = time.perf_counter()
     result = run(out_dir=folder, **kwargs)
-    result["stage_seconds"] = round(time.perf_counter() - t0, 1)
-    if metrics.is_file():  # keep the time with the metrics, so a continued pipeline still reports it
-        saved = json.loads(metrics.read_text())
-        saved["stage_seconds"] = result["stage_seconds"]
-        write_text(metrics, json.dumps(saved, indent=2) + "\n", "stage metrics")
+    result["stage_seconds"] = _record_seconds(metrics, t0)
     print(f"pipeline: {name}: top-1 {result['top1']:.2f} % ({result['stage_seconds']:.0f} s)", flush=True)
     return result
 
@@ -196,12 +192,20 @@ def _pretrain_stage(cfg: Config, folder: Path) -> dict[str, Any]:
     print(f"pipeline: pretrain{' (resumed)' if resume else ''} ...", flush=True)
     t0 = time.perf_counter()
     done = pretrain(cfg, folder, resume=resume)
-    if summary.is_file() and done.get("status") != "interrupted":  # the time of this (last) run, for the table
-        from simclr.eval.card import write_json_atomic
-
-        done["stage_seconds"] = round(time.perf_counter() - t0, 1)
-        write_json_atomic(summary, {**json.loads(summary.read_text()), "stage_seconds": done["stage_seconds"]})
+    if done.get("status") != "interrupted":  # the time of this (last) run, for the table
+        done["stage_seconds"] = _record_seconds(summary, t0)
     return done
+
+
+def _record_seconds(path: Path, t0: float) -> float:
+    """Seconds since ``t0``, also kept as ``stage_seconds`` in the JSON file ``path`` (when the stage wrote
+    it), so that a continued pipeline still reports the time of a stage it skips."""
+    from simclr.eval.card import write_json_atomic
+
+    seconds = round(time.perf_counter() - t0, 1)
+    if path.is_file():
+        write_json_atomic(path, {**json.loads(path.read_text()), "stage_seconds": seconds})
+    return seconds
 
 
 def run_pipeline(config: Config, out: str | Path, options: PipelineOptions | None = None) -> dict[str, Any]:

@@ -70,7 +70,7 @@ def _as_data(images: Any, labels: Tensor | None = None) -> Any:
     return images
 
 
-def _apply(transform: Callable[..., Tensor], batch: Any) -> Tensor:
+def transform_batch(transform: Callable[..., Tensor], batch: Any) -> Tensor:
     """``transform(images)``, with each image's size when the batch holds images of several sizes."""
     return transform(batch.images) if batch.sizes is None else transform(batch.images, batch.sizes)
 
@@ -82,8 +82,10 @@ def extract_features(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     desc: str | None = "features",
+    subset: Tensor | None = None,
 ) -> Tensor:
-    """Features (N, D) float32 on ``device`` of ``images`` after ``transform``, in dataset order.
+    """Features (N, D) float32 on ``device`` of ``images`` after ``transform``, in dataset order (or of the
+    ``subset`` of indices, in its order).
 
     ``images``: a uint8 tensor (N, C, H, W), :class:`~simclr.data.ImageData` (images of one size or packed)
     or a streamed :class:`~simclr.data.stream.ImageStream` (read in batches, each image at its own size).
@@ -97,11 +99,11 @@ def extract_features(
     was_training = net.training
     net.eval()
     out: list[Tensor] = []
-    source = batches(data, batch_size, device)
+    source = batches(data, batch_size, device, subset=subset)
     try:
         with torch.inference_mode(), autocast(device):
             for batch in progress(source, total=len(source), desc=desc, enabled=desc is not None):
-                out.append(net(_apply(transform, batch)).float())
+                out.append(net(transform_batch(transform, batch)).float())
     finally:
         net.train(was_training)
     if not out:
@@ -136,7 +138,7 @@ def evaluate_classifier(
     try:
         for batch in progress(source, total=len(source), desc=desc, enabled=desc is not None):
             with autocast(device):
-                logits = net(_apply(transform, batch))
+                logits = net(transform_batch(transform, batch))
             correct += topk_correct(logits.float(), batch.labels.to(device), (1, 5))
     finally:
         net.train(was_training)

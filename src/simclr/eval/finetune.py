@@ -146,26 +146,18 @@ def training_augment(base: AugmentConfig, mode: str, crop_min_scale: float | Non
     return dataclasses.replace(cfg, crop=mode == "crop_flip", flip=mode != "none")
 
 
-@torch.no_grad()
 def probe_classifier(net: FinetuneNet, train: Any, indices: Tensor, transform: nn.Module, device) -> None:
     """LP-FT: set ``net.classifier`` to a logistic regression fitted on the frozen features of the labelled
     images (evaluation views), so fine-tuning starts from the linear probe instead of a zero classifier."""
-    from simclr.data.access import batches
+    from simclr.eval.features import extract_features
     from simclr.eval.linear import fit_linear
 
-    was_training = net.training
-    net.eval()
-    feats, labels = [], []
-    with torch.inference_mode(), autocast(device):
-        for batch in batches(train, 512, device, subset=indices):
-            feats.append(net.features(transform(batch.images) if batch.sizes is None else
-                                      transform(batch.images, batch.sizes)).float())  # fmt: skip
-            labels.append(batch.labels.to(device))
-    net.train(was_training)
-    with torch.enable_grad():
-        linear = fit_linear(torch.cat(feats).clone(), torch.cat(labels).clone(), net.num_classes, std_floor=0.1)
-    net.classifier.weight.copy_(linear.weight)
-    net.classifier.bias.copy_(linear.bias)
+    features = nn.Sequential(net.encoder, *net.head_layers)  # net.features as a module (the same layers)
+    feats = extract_features(features, train, transform, 512, device, desc=None, subset=indices)
+    linear = fit_linear(feats, train.labels[indices].to(device), net.num_classes, std_floor=0.1)
+    with torch.no_grad():
+        net.classifier.weight.copy_(linear.weight)
+        net.classifier.bias.copy_(linear.bias)
 
 
 @dataclass

@@ -301,7 +301,7 @@ def _calibrate_batchnorm(model: nn.Module, data: Any, transform: nn.Module, devi
     activations unnormalised; calibrating them is what makes "random encoder" a fair baseline.
     """
     from simclr.data.access import batches, sample
-    from simclr.eval.features import _as_data
+    from simclr.eval.features import _as_data, transform_batch
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
@@ -309,7 +309,7 @@ def _calibrate_batchnorm(model: nn.Module, data: Any, transform: nn.Module, devi
         bn.momentum = None  # cumulative moving average
     model.train()
     for batch in batches(sample(_as_data(data), 10240, seed), 512, device):
-        model(transform(batch.images) if batch.sizes is None else transform(batch.images, batch.sizes))
+        model(transform_batch(transform, batch))
     model.eval()
 
 
