@@ -453,3 +453,30 @@ def test_finetune_backbone_lr_scale_zero_trains_only_the_classifier(tmp_path):
     before = pre.model.encoder.state_dict()
     assert all(torch.equal(before[k], v) for k, v in net.encoder.state_dict().items())
     assert net.classifier.weight.abs().sum() > 0
+
+
+def test_finetune_label_smoothing_and_warmup_reach_the_step(tmp_path, monkeypatch):
+    """Smoothing changes the loss of confident logits; warmup_epochs become warmup steps of the schedule."""
+    import simclr.optim
+    from simclr.eval.finetune import FinetuneOptions
+
+    write_pretrained(tmp_path / "ckpt.pt")
+    pre = load_pretrained(tmp_path / "ckpt.pt")
+    train, test = tiny_images(64, 0), tiny_images(32, 1)
+    # the probe's classifier gives confident logits; at a vanishing lr both runs see the same logits
+    still = FinetuneOptions(labels="100%", epochs=1, batch_size=16, lr=1e-12, probe_init=True, bn="frozen")
+    plain = finetune(pre, train, test, still)["history"][0]["loss"]
+    smooth = finetune(pre, train, test, still, label_smoothing=0.3)["history"][0]["loss"]
+    assert smooth > plain + 0.05, (plain, smooth)  # smoothing penalises confident correct predictions
+
+    warmups = []
+    real = simclr.optim.lr_at
+
+    def recording(step, total, warmup, peak, *args):
+        warmups.append((total, warmup))
+        return real(step, total, warmup, peak, *args)
+
+    monkeypatch.setattr(simclr.optim, "lr_at", recording)
+    finetune(pre, train, test, still, warmup_epochs=0.5)
+    finetune(pre, train, test, still)
+    assert set(warmups) == {(4, 2), (4, 0)}  # 64 images / batch 16 = 4 steps; half an epoch = 2 steps
